@@ -1,0 +1,3 @@
+//! The pure core: no IO, no tokio, no clock reads. Every function that needs the time takes it.
+
+pub mod units;

@@ -1,0 +1,5 @@
+//! Solar charging backend: grid-charges a LuxPower/EG4 battery to a chosen SOC at a scheduled
+//! local time, through a Monitor My Solar dongle spoken to over MQTT.
+
+pub mod clock;
+pub mod domain;
