@@ -141,10 +141,8 @@ mod tests {
     async fn manual_sleep_wakes_only_when_advanced_past_its_deadline() {
         let m = ManualClock::new("2026-01-01T00:00:00Z".parse().unwrap());
         let clock = m.clock();
-        let sleeper = tokio::spawn({
-            let clock = clock.clone();
-            async move { clock.sleep(Duration::from_secs(10)).await }
-        });
+        // The deadline is fixed when `sleep` is called, before the task first runs.
+        let sleeper = tokio::spawn(clock.sleep(Duration::from_secs(10)));
         m.advance(Duration::from_secs(9));
         tokio::task::yield_now().await;
         assert!(!sleeper.is_finished());
