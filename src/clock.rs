@@ -148,7 +148,10 @@ mod tests {
         assert!(!sleeper.is_finished());
         m.jump(SignedDuration::from_hours(5));
         tokio::task::yield_now().await;
-        assert!(!sleeper.is_finished(), "a wall-clock jump must not end a monotonic sleep");
+        assert!(
+            !sleeper.is_finished(),
+            "a wall-clock jump must not end a monotonic sleep"
+        );
         m.advance(Duration::from_secs(1));
         sleeper.await.unwrap();
         assert_eq!(

@@ -2,4 +2,7 @@
 //! local time, through a Monitor My Solar dongle spoken to over MQTT.
 
 pub mod clock;
+pub mod config;
 pub mod domain;
+pub mod dongle;
+pub mod http;

@@ -1,3 +1,5 @@
 //! The pure core: no IO, no tokio, no clock reads. Every function that needs the time takes it.
 
+pub mod schedule;
+pub mod session;
 pub mod units;

@@ -57,8 +57,12 @@ pub struct LocalTime {
 }
 
 impl LocalTime {
-    pub fn new(hour: u8, minute: u8) -> Option<LocalTime> {
-        (hour < 24 && minute < 60).then_some(LocalTime { hour, minute })
+    pub const fn new(hour: u8, minute: u8) -> Option<LocalTime> {
+        if hour < 24 && minute < 60 {
+            Some(LocalTime { hour, minute })
+        } else {
+            None
+        }
     }
     pub fn hour(self) -> u8 {
         self.hour
@@ -70,7 +74,13 @@ impl LocalTime {
     /// Parses exactly `HH:MM`, `00:00`..=`23:59`.
     pub fn parse_hhmm(s: &str) -> Option<LocalTime> {
         let b = s.as_bytes();
-        if b.len() != 5 || b[2] != b':' || !b.iter().enumerate().all(|(i, c)| i == 2 || c.is_ascii_digit()) {
+        if b.len() != 5
+            || b[2] != b':'
+            || !b
+                .iter()
+                .enumerate()
+                .all(|(i, c)| i == 2 || c.is_ascii_digit())
+        {
             return None;
         }
         let hour = (b[0] - b'0') * 10 + (b[1] - b'0');
@@ -86,6 +96,65 @@ impl LocalTime {
 impl fmt::Display for LocalTime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:02}:{:02}", self.hour, self.minute)
+    }
+}
+
+/// A value written to (or read from) one inverter setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum SettingValue {
+    /// Numbers, switches (1/0) and enum indices.
+    Int(i64),
+    /// A time of day (windows), minute precision.
+    Time(LocalTime),
+}
+
+impl fmt::Display for SettingValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SettingValue::Int(v) => write!(f, "{v}"),
+            SettingValue::Time(t) => write!(f, "{t}"),
+        }
+    }
+}
+
+impl serde::Serialize for LocalTime {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for LocalTime {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s: std::borrow::Cow<'de, str> = serde::Deserialize::deserialize(d)?;
+        LocalTime::parse_hhmm(&s).ok_or_else(|| serde::de::Error::custom("expected \"HH:MM\""))
+    }
+}
+
+impl serde::Serialize for TargetSoc {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for TargetSoc {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v: u8 = serde::Deserialize::deserialize(d)?;
+        TargetSoc::new(v)
+            .ok_or_else(|| serde::de::Error::custom(format!("target {v} is outside 10..=100")))
+    }
+}
+
+impl serde::Serialize for Soc {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Soc {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v: u8 = serde::Deserialize::deserialize(d)?;
+        Soc::new(v).ok_or_else(|| serde::de::Error::custom(format!("SOC {v} is outside 0..=100")))
     }
 }
 
@@ -162,7 +231,9 @@ mod tests {
         assert_eq!(LocalTime::parse_hhmm("02:30"), LocalTime::new(2, 30));
         assert_eq!(LocalTime::parse_hhmm("00:00"), LocalTime::new(0, 0));
         assert_eq!(LocalTime::parse_hhmm("23:59"), LocalTime::new(23, 59));
-        for bad in ["24:00", "2:30", "02:60", "02:3", "0230", "02-30", "02:30:00", "", "ab:cd", "+1:30"] {
+        for bad in [
+            "24:00", "2:30", "02:60", "02:3", "0230", "02-30", "02:30:00", "", "ab:cd", "+1:30",
+        ] {
             assert_eq!(LocalTime::parse_hhmm(bad), None, "{bad:?}");
         }
         assert_eq!(LocalTime::new(7, 5).unwrap().to_string(), "07:05");

@@ -1,0 +1,790 @@
+//! Typed configuration from the existing `config.yaml` format, plus environment overrides.
+//!
+//! The file is read into a generic tree first and then checked key by key, so that a user sees
+//! *every* problem at once with its key path and what was expected (serde would stop at the
+//! first). Unknown keys and sections (an old file's `apns:` section, say) are warnings, never
+//! errors: an existing file must keep loading.
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use jiff::tz::TimeZone;
+use serde_json::{Map, Value};
+
+use crate::dongle::codec::TimeFormat;
+
+/// A string that must never reach a log line or `Debug` output (passwords, API keys).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MqttConfig {
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// The dongle's id exactly as on the broker, e.g. `dongle-40:4C:CA:AB:CD:EF`.
+    pub dongle_prefix: String,
+    pub client_id: String,
+    pub keep_alive: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    pub api_key: Option<Secret>,
+    /// Allowed CORS origins; `["*"]` (the default) allows any, as the app and browsers need.
+    pub cors_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChargingConfig {
+    /// A charge never runs longer than this (also the inverter window's length).
+    pub safety_cutoff: Duration,
+    /// The longest the engine waits before re-reading the wall clock.
+    pub soc_check_interval: Duration,
+    pub retry_on_failure: bool,
+    pub max_retries: u32,
+    /// Name and value of the setting that selects "time + SOC" AC charging.
+    pub charge_type_setting: String,
+    pub charge_type_value: i64,
+    pub time_format: TimeFormat,
+    /// No dongle message for this long during a charge ends it as `stale_data`.
+    pub stale_after: Duration,
+    pub taper_minutes: u32,
+    pub stall_minutes: u32,
+    /// How long a write waits for the dongle's `response` before its outcome is unknown.
+    pub write_timeout: Duration,
+    /// The least time between two writes (the dongle accepts about one a second).
+    pub min_write_interval: Duration,
+    /// How long to wait for settings to be read back (snapshot or next hold bank).
+    pub readback_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggingConfig {
+    /// A tracing filter directive, e.g. `info` (from `INFO`).
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub mqtt: MqttConfig,
+    pub server: ServerConfig,
+    pub charging: ChargingConfig,
+    pub logging: LoggingConfig,
+    /// The IANA zone schedules are computed in.
+    pub timezone: TimeZone,
+    /// The zone's name for display (`system` when taken from the system).
+    pub timezone_name: String,
+}
+
+impl Default for ChargingConfig {
+    fn default() -> Self {
+        ChargingConfig {
+            safety_cutoff: Duration::from_secs(8 * 3600),
+            soc_check_interval: Duration::from_secs(30),
+            retry_on_failure: true,
+            max_retries: 3,
+            charge_type_setting: "ACChargeType".into(),
+            charge_type_value: 2,
+            time_format: TimeFormat::HhMmSs,
+            stale_after: Duration::from_secs(90),
+            taper_minutes: 10,
+            stall_minutes: 30,
+            write_timeout: Duration::from_secs(15),
+            min_write_interval: Duration::from_secs(1),
+            readback_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key path, e.g. `mqtt.port`; empty for the whole file.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// The outcome of loading: a config plus warnings, or every problem found.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<Problem>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{} problem(s) in {path}:\n{}", problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        path: String,
+        problems: Vec<Problem>,
+    },
+}
+
+/// Environment values that override the file (`SERVER_PORT` > config > 8088, and so on).
+#[derive(Debug, Clone, Default)]
+pub struct EnvOverrides {
+    pub server_port: Option<String>,
+    pub server_host: Option<String>,
+    pub api_key: Option<String>,
+}
+
+impl EnvOverrides {
+    pub fn from_process() -> EnvOverrides {
+        let var = |k: &str| std::env::var(k).ok();
+        EnvOverrides {
+            server_port: var("SERVER_PORT"),
+            server_host: var("SERVER_HOST"),
+            api_key: var("API_KEY"),
+        }
+    }
+}
+
+/// Reads and checks a config file.
+pub fn load_file(path: &Path, env: &EnvOverrides) -> Result<Loaded, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse(&text, env).map_err(|problems| ConfigError::Invalid {
+        path: path.display().to_string(),
+        problems,
+    })
+}
+
+/// Parses config text. Returns every problem found, or the config with its warnings.
+pub fn parse(text: &str, env: &EnvOverrides) -> Result<Loaded, Vec<Problem>> {
+    let root: Value = serde_saphyr::from_str(text).map_err(|e| {
+        vec![Problem {
+            path: String::new(),
+            message: format!("not valid YAML: {e}"),
+        }]
+    })?;
+    let mut c = Checker::default();
+    let empty = Map::new();
+    let root = match &root {
+        Value::Null => &empty,
+        Value::Object(m) => m,
+        other => {
+            return Err(vec![Problem {
+                path: String::new(),
+                message: format!(
+                    "expected a mapping of sections (mqtt, server, charging, logging), found {}",
+                    kind(other)
+                ),
+            }]);
+        }
+    };
+    c.unknown_keys(
+        "",
+        root,
+        &["mqtt", "server", "charging", "logging", "timezone"],
+    );
+    if root.contains_key("apns") {
+        // Named separately: the old backend's push section is expected in real files.
+        c.warn(
+            "apns",
+            "push notifications are not implemented by this service; the section is ignored",
+        );
+    }
+
+    let mqtt = c.section(root, "mqtt");
+    c.unknown_keys(
+        "mqtt",
+        &mqtt,
+        &[
+            "host",
+            "port",
+            "username",
+            "password",
+            "dongle_prefix",
+            "client_id",
+            "keepalive",
+        ],
+    );
+    let mqtt = MqttConfig {
+        host: c.req_string(&mqtt, "mqtt.host").unwrap_or_default(),
+        port: c.port(&mqtt, "mqtt.port", 1883),
+        username: c.opt_string(&mqtt, "mqtt.username"),
+        password: c.opt_string(&mqtt, "mqtt.password").map(Secret),
+        dongle_prefix: c.prefix(&mqtt, "mqtt.dongle_prefix"),
+        client_id: c
+            .opt_string(&mqtt, "mqtt.client_id")
+            .unwrap_or_else(|| "solar-charging-backend".into()),
+        keep_alive: Duration::from_secs(c.int(&mqtt, "mqtt.keepalive", 30, 5, 3600) as u64),
+    };
+
+    let server = c.section(root, "server");
+    c.unknown_keys(
+        "server",
+        &server,
+        &["host", "port", "api_key", "cors_origins"],
+    );
+    let mut server_cfg = ServerConfig {
+        host: c
+            .opt_string(&server, "server.host")
+            .unwrap_or_else(|| "0.0.0.0".into()),
+        port: c.port(&server, "server.port", 8088),
+        api_key: c.opt_string(&server, "server.api_key").map(Secret),
+        cors_origins: c
+            .string_list(&server, "server.cors_origins")
+            .unwrap_or_else(|| vec!["*".into()]),
+    };
+    if let Some(p) = &env.server_port {
+        match p.trim().parse::<u16>() {
+            Ok(port) => server_cfg.port = port,
+            Err(_) => c.error(
+                "SERVER_PORT",
+                format!("expected a port number 0..=65535 in the environment, found {p:?}"),
+            ),
+        }
+    }
+    if let Some(h) = &env.server_host {
+        server_cfg.host = h.clone();
+    }
+    if let Some(k) = &env.api_key {
+        server_cfg.api_key = Some(Secret(k.clone()));
+    }
+    if let Some(k) = &server_cfg.api_key
+        && k.expose().trim().is_empty()
+    {
+        c.error(
+            "server.api_key",
+            "is empty: remove it to leave the API open, or set a real key",
+        );
+    }
+
+    let ch = c.section(root, "charging");
+    c.unknown_keys(
+        "charging",
+        &ch,
+        &[
+            "safety_cutoff_hours",
+            "soc_check_interval",
+            "retry_on_failure",
+            "max_retries",
+            "charge_type_setting",
+            "charge_type_value",
+            "time_format",
+            "stale_after_s",
+            "taper_minutes",
+            "stall_minutes",
+            "write_timeout_s",
+            "min_write_interval_ms",
+            "readback_timeout_s",
+        ],
+    );
+    let d = ChargingConfig::default();
+    let cutoff_h = c.float(&ch, "charging.safety_cutoff_hours", 8.0, 0.05, 23.5);
+    let charging = ChargingConfig {
+        safety_cutoff: Duration::from_secs_f64(cutoff_h * 3600.0),
+        soc_check_interval: Duration::from_secs(c.int(
+            &ch,
+            "charging.soc_check_interval",
+            30,
+            1,
+            3600,
+        ) as u64),
+        retry_on_failure: c.bool(&ch, "charging.retry_on_failure", true),
+        max_retries: c.int(&ch, "charging.max_retries", 3, 0, 20) as u32,
+        charge_type_setting: c
+            .opt_string(&ch, "charging.charge_type_setting")
+            .unwrap_or(d.charge_type_setting),
+        charge_type_value: c.int(&ch, "charging.charge_type_value", 2, 0, 65535),
+        time_format: match c.opt_string(&ch, "charging.time_format").as_deref() {
+            None | Some("HH:MM:SS") => TimeFormat::HhMmSs,
+            Some("HH:MM") => TimeFormat::HhMm,
+            Some(other) => {
+                c.error(
+                    "charging.time_format",
+                    format!("expected \"HH:MM:SS\" or \"HH:MM\", found {other:?}"),
+                );
+                TimeFormat::HhMmSs
+            }
+        },
+        stale_after: Duration::from_secs(c.int(&ch, "charging.stale_after_s", 90, 10, 3600) as u64),
+        taper_minutes: c.int(&ch, "charging.taper_minutes", 10, 1, 240) as u32,
+        stall_minutes: c.int(&ch, "charging.stall_minutes", 30, 1, 600) as u32,
+        write_timeout: Duration::from_secs(
+            c.int(&ch, "charging.write_timeout_s", 15, 1, 120) as u64
+        ),
+        min_write_interval: Duration::from_millis(c.int(
+            &ch,
+            "charging.min_write_interval_ms",
+            1000,
+            0,
+            10_000,
+        ) as u64),
+        readback_timeout: Duration::from_secs(
+            c.int(&ch, "charging.readback_timeout_s", 10, 1, 600) as u64,
+        ),
+    };
+
+    let lg = c.section(root, "logging");
+    c.unknown_keys("logging", &lg, &["level", "format"]);
+    let level = c
+        .opt_string(&lg, "logging.level")
+        .unwrap_or_else(|| "INFO".into());
+    let level = match level.to_ascii_lowercase().as_str() {
+        l @ ("trace" | "debug" | "info" | "error") => l.to_string(),
+        "warning" | "warn" => "warn".into(),
+        "critical" | "fatal" => "error".into(),
+        _ => {
+            c.error(
+                "logging.level",
+                format!("expected one of DEBUG, INFO, WARNING, ERROR, found {level:?}"),
+            );
+            "info".into()
+        }
+    };
+    let format = match c.opt_string(&lg, "logging.format").as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            c.error(
+                "logging.format",
+                format!("expected \"text\" or \"json\", found {other:?}"),
+            );
+            LogFormat::Text
+        }
+    };
+
+    let (timezone, timezone_name) = match c.opt_string(root, "timezone") {
+        Some(name) => match TimeZone::get(&name) {
+            Ok(tz) => (tz, name),
+            Err(_) => {
+                c.error(
+                    "timezone",
+                    format!(
+                        "unknown time zone {name:?}: expected an IANA name like \"Europe/London\""
+                    ),
+                );
+                (TimeZone::UTC, name)
+            }
+        },
+        None => (TimeZone::system(), system_zone_name()),
+    };
+
+    if !c.errors.is_empty() {
+        return Err(c.errors);
+    }
+    Ok(Loaded {
+        config: Config {
+            mqtt,
+            server: server_cfg,
+            charging,
+            logging: LoggingConfig { level, format },
+            timezone,
+            timezone_name,
+        },
+        warnings: c.warnings,
+    })
+}
+
+fn system_zone_name() -> String {
+    TimeZone::system()
+        .iana_name()
+        .map(str::to_string)
+        .unwrap_or_else(|| "system".into())
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "nothing",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+/// Collects problems while reading typed values out of the tree.
+#[derive(Default)]
+struct Checker {
+    errors: Vec<Problem>,
+    warnings: Vec<Problem>,
+}
+
+fn leaf(path: &str) -> &str {
+    path.rsplit('.').next().unwrap_or(path)
+}
+
+impl Checker {
+    fn error(&mut self, path: &str, message: impl Into<String>) {
+        self.errors.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn warn(&mut self, path: &str, message: impl Into<String>) {
+        self.warnings.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn unknown_keys(&mut self, section: &str, map: &Map<String, Value>, known: &[&str]) {
+        for key in map.keys() {
+            if !known.contains(&key.as_str()) && !(section.is_empty() && key == "apns") {
+                let path = if section.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{section}.{key}")
+                };
+                self.warn(&path, "unknown key, ignored (check its spelling)");
+            }
+        }
+    }
+
+    fn section(&mut self, root: &Map<String, Value>, name: &str) -> Map<String, Value> {
+        match root.get(name) {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(m)) => m.clone(),
+            Some(other) => {
+                self.error(name, format!("expected a mapping, found {}", kind(other)));
+                Map::new()
+            }
+        }
+    }
+
+    fn opt_string(&mut self, map: &Map<String, Value>, path: &str) -> Option<String> {
+        match map.get(leaf(path)) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            // YAML reads `port: 1883` and `password: 1234` as numbers; a string was meant.
+            Some(Value::Number(n)) => Some(n.to_string()),
+            Some(other) => {
+                self.error(path, format!("expected a string, found {}", kind(other)));
+                None
+            }
+        }
+    }
+
+    fn req_string(&mut self, map: &Map<String, Value>, path: &str) -> Option<String> {
+        let v = self.opt_string(map, path);
+        match &v {
+            Some(s) if !s.trim().is_empty() => v,
+            Some(_) => {
+                self.error(path, "is empty: this value is required");
+                None
+            }
+            None if map.contains_key(leaf(path)) => None,
+            None => {
+                self.error(path, "is required but missing");
+                None
+            }
+        }
+    }
+
+    fn prefix(&mut self, map: &Map<String, Value>, path: &str) -> String {
+        let Some(p) = self.req_string(map, path) else {
+            return String::new();
+        };
+        if p.contains(['#', '+', '/']) || p.chars().any(char::is_whitespace) {
+            self.error(
+                path,
+                format!(
+                    "{p:?} is not a dongle id: expected the dongle's name as on the broker, e.g. \"dongle-40:4C:CA:AB:CD:EF\" (no '/', '#', '+' or spaces)"
+                ),
+            );
+        }
+        p
+    }
+
+    fn number(&mut self, map: &Map<String, Value>, path: &str) -> Option<f64> {
+        match map.get(leaf(path)) {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => n.as_f64(),
+            Some(Value::String(s)) if s.trim().parse::<f64>().is_ok() => s.trim().parse().ok(),
+            Some(other) => {
+                self.error(path, format!("expected a number, found {}", kind(other)));
+                None
+            }
+        }
+    }
+
+    fn float(
+        &mut self,
+        map: &Map<String, Value>,
+        path: &str,
+        default: f64,
+        min: f64,
+        max: f64,
+    ) -> f64 {
+        match self.number(map, path) {
+            None => default,
+            Some(v) if v.is_finite() && (min..=max).contains(&v) => v,
+            Some(v) => {
+                self.error(
+                    path,
+                    format!("expected a number from {min} to {max}, found {v}"),
+                );
+                default
+            }
+        }
+    }
+
+    fn int(
+        &mut self,
+        map: &Map<String, Value>,
+        path: &str,
+        default: i64,
+        min: i64,
+        max: i64,
+    ) -> i64 {
+        match self.number(map, path) {
+            None => default,
+            Some(v) if v.fract() == 0.0 && v >= min as f64 && v <= max as f64 => v as i64,
+            Some(v) => {
+                self.error(
+                    path,
+                    format!("expected a whole number from {min} to {max}, found {v}"),
+                );
+                default
+            }
+        }
+    }
+
+    fn port(&mut self, map: &Map<String, Value>, path: &str, default: u16) -> u16 {
+        self.int(map, path, default as i64, 0, 65535) as u16
+    }
+
+    fn bool(&mut self, map: &Map<String, Value>, path: &str, default: bool) -> bool {
+        match map.get(leaf(path)) {
+            None | Some(Value::Null) => default,
+            Some(Value::Bool(b)) => *b,
+            Some(Value::String(s)) => match s.to_ascii_lowercase().as_str() {
+                "true" | "yes" | "on" => true,
+                "false" | "no" | "off" => false,
+                _ => {
+                    self.error(path, format!("expected true or false, found {s:?}"));
+                    default
+                }
+            },
+            Some(other) => {
+                self.error(
+                    path,
+                    format!("expected true or false, found {}", kind(other)),
+                );
+                default
+            }
+        }
+    }
+
+    fn string_list(&mut self, map: &Map<String, Value>, path: &str) -> Option<Vec<String>> {
+        match map.get(leaf(path)) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(vec![s.clone()]),
+            Some(Value::Array(items)) if items.iter().all(Value::is_string) => Some(
+                items
+                    .iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect(),
+            ),
+            Some(other) => {
+                self.error(
+                    path,
+                    format!("expected a list of strings, found {}", kind(other)),
+                );
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OLD: &str = r#"
+mqtt:
+  host: "192.168.1.100"
+  port: 1883
+  username: "solar"
+  password: "pw-secret"
+  dongle_prefix: "dongle-40:4C:CA:AB:CD:EF"
+server:
+  host: "0.0.0.0"
+  port: 8088
+charging:
+  safety_cutoff_hours: 8
+  soc_check_interval: 30
+  retry_on_failure: true
+  max_retries: 3
+logging:
+  level: "INFO"
+apns:
+  enabled: false
+  key_path: "/keys/AuthKey.p8"
+  key_id: "ABC"
+  team_id: "TEAM"
+  bundle_id: "com.example.solar"
+  use_sandbox: false
+"#;
+
+    fn no_env() -> EnvOverrides {
+        EnvOverrides::default()
+    }
+
+    #[test]
+    fn the_old_backends_file_loads_unchanged_with_apns_only_warned() {
+        let l = parse(OLD, &no_env()).unwrap();
+        let c = &l.config;
+        assert_eq!(c.mqtt.host, "192.168.1.100");
+        assert_eq!(c.mqtt.dongle_prefix, "dongle-40:4C:CA:AB:CD:EF");
+        assert_eq!(c.mqtt.password.as_ref().unwrap().expose(), "pw-secret");
+        assert_eq!(c.server.port, 8088);
+        assert_eq!(c.charging.safety_cutoff, Duration::from_secs(8 * 3600));
+        assert_eq!(c.charging.max_retries, 3);
+        assert_eq!(c.logging.level, "info");
+        assert_eq!(l.warnings.len(), 1);
+        assert_eq!(l.warnings[0].path, "apns");
+    }
+
+    #[test]
+    fn only_host_and_prefix_are_required_and_defaults_fill_the_rest() {
+        let l = parse("mqtt: {host: broker, dongle_prefix: dongle-1}", &no_env()).unwrap();
+        assert_eq!(l.config.mqtt.port, 1883);
+        assert_eq!(l.config.server.port, 8088);
+        assert_eq!(l.config.server.host, "0.0.0.0");
+        assert_eq!(l.config.charging, ChargingConfig::default());
+        assert!(l.warnings.is_empty());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key_path() {
+        let text = "mqtt: {port: seventy}\nserver: {port: 70000}\ncharging: {safety_cutoff_hours: 0, retry_on_failure: maybe}\nlogging: {level: LOUD}\ntimezone: Mars/Olympus\n";
+        let problems = parse(text, &no_env()).unwrap_err();
+        let paths: Vec<_> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "mqtt.host",
+                "mqtt.port",
+                "mqtt.dongle_prefix",
+                "server.port",
+                "charging.safety_cutoff_hours",
+                "charging.retry_on_failure",
+                "logging.level",
+                "timezone"
+            ]
+        );
+        assert!(
+            problems[1].message.contains("expected a number"),
+            "{}",
+            problems[1]
+        );
+    }
+
+    #[test]
+    fn environment_overrides_the_file_for_port_host_and_key() {
+        let env = EnvOverrides {
+            server_port: Some("9000".into()),
+            server_host: Some("127.0.0.1".into()),
+            api_key: Some("k".into()),
+        };
+        let l = parse(OLD, &env).unwrap();
+        assert_eq!(l.config.server.port, 9000);
+        assert_eq!(l.config.server.host, "127.0.0.1");
+        assert_eq!(l.config.server.api_key.unwrap().expose(), "k");
+        let bad = EnvOverrides {
+            server_port: Some("eighty".into()),
+            ..Default::default()
+        };
+        assert_eq!(parse(OLD, &bad).unwrap_err()[0].path, "SERVER_PORT");
+    }
+
+    #[test]
+    fn fractional_cutoff_timezone_and_unknown_keys() {
+        let text = "mqtt: {host: h, dongle_prefix: d, colour: blue}\ncharging: {safety_cutoff_hours: 1.5}\ntimezone: Europe/London\n";
+        let l = parse(text, &no_env()).unwrap();
+        assert_eq!(l.config.charging.safety_cutoff, Duration::from_secs(5400));
+        assert_eq!(l.config.timezone_name, "Europe/London");
+        assert_eq!(l.warnings[0].path, "mqtt.colour");
+    }
+
+    #[test]
+    fn an_empty_api_key_is_refused() {
+        let p = parse(
+            "mqtt: {host: h, dongle_prefix: d}\nserver: {api_key: ''}",
+            &no_env(),
+        )
+        .unwrap_err();
+        assert_eq!(p[0].path, "server.api_key");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let text =
+            "mqtt: {host: h, dongle_prefix: d, password: hunter2}\nserver: {api_key: topsecretkey}";
+        let l = parse(text, &no_env()).unwrap();
+        let dbg = format!("{:?}", l.config);
+        assert!(
+            !dbg.contains("hunter2") && !dbg.contains("topsecretkey"),
+            "{dbg}"
+        );
+    }
+
+    #[test]
+    fn an_empty_file_reports_the_two_required_keys() {
+        let p = parse("", &no_env()).unwrap_err();
+        assert_eq!(p.len(), 2);
+        assert!(p.iter().all(|p| p.message.contains("required")));
+    }
+
+    #[test]
+    fn yaml_syntax_errors_say_where() {
+        let p = parse("mqtt: [1,\n", &no_env()).unwrap_err();
+        assert!(p[0].message.contains("line 1"), "{}", p[0]);
+    }
+
+    #[test]
+    fn the_shipped_example_config_loads_without_warnings() {
+        let text = include_str!("../config.example.yaml");
+        let l = parse(text, &no_env()).unwrap();
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+    }
+}

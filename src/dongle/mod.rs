@@ -1,0 +1,3 @@
+//! The dongle adapter: the MQTT wire format and the client that speaks it.
+
+pub mod codec;
