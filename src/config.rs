@@ -468,7 +468,7 @@ impl Checker {
 
     fn unknown_keys(&mut self, section: &str, map: &Map<String, Value>, known: &[&str]) {
         for key in map.keys() {
-            if !known.contains(&key.as_str()) && !(section.is_empty() && key == "apns") {
+            if !(known.contains(&key.as_str()) || section.is_empty() && key == "apns") {
                 let path = if section.is_empty() {
                     key.clone()
                 } else {

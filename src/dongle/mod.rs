@@ -1,3 +1,4 @@
 //! The dongle adapter: the MQTT wire format and the client that speaks it.
 
+pub mod client;
 pub mod codec;

@@ -1,3 +1,326 @@
-//! The HTTP API.
+//! The HTTP API: a router (no bind here), thin handlers over the engine, the contract's wire
+//! shapes and the FastAPI-style errors.
 
+pub mod dto;
 pub mod validate;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use jiff::tz::TimeZone;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+
+use crate::config::Secret;
+use crate::engine::{CommandError, EngineHandle, ScheduleInput};
+use crate::store::Store;
+use validate::{FieldError, StartTime};
+
+/// Request bodies larger than this are refused with 413.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub engine: EngineHandle,
+    pub tz: TimeZone,
+    pub store: Store,
+    pub api_key: Option<Secret>,
+    pub started: std::time::Instant,
+}
+
+/// The whole API as a router.
+pub fn router(state: ApiState, cors_origins: &[String], request_timeout: Duration) -> Router {
+    let state = Arc::new(state);
+    let api = Router::new()
+        .route("/api/health", get(health))
+        .route(
+            "/api/charge/schedule",
+            get(get_schedule)
+                .post(post_schedule)
+                .delete(delete_schedule),
+        )
+        .route("/api/charge/status", get(charge_status))
+        .route("/api/charge/history", get(history))
+        .route("/api/charging/enable", axum::routing::post(charging_enable))
+        .route(
+            "/api/charging/disable",
+            axum::routing::post(charging_disable),
+        )
+        .route("/api/charging/status", get(charging_status))
+        .route("/", get(root))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_api_key,
+        ))
+        .with_state(state);
+    api.layer(tower_http::timeout::TimeoutLayer::with_status_code(
+        StatusCode::REQUEST_TIMEOUT,
+        request_timeout,
+    ))
+    .layer(cors(cors_origins))
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
+        .allow_headers(Any)
+        .max_age(Duration::from_secs(600));
+    if origins.iter().any(|o| o == "*") {
+        layer.allow_origin(Any)
+    } else {
+        let list: Vec<HeaderValue> = origins.iter().filter_map(|o| o.parse().ok()).collect();
+        layer.allow_origin(AllowOrigin::list(list))
+    }
+}
+
+/// An error answer in the contract's shape.
+pub struct ApiError {
+    status: StatusCode,
+    body: serde_json::Value,
+}
+
+impl ApiError {
+    pub fn detail(status: StatusCode, detail: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            body: json!({ "detail": detail.into() }),
+        }
+    }
+    pub fn validation(errors: Vec<FieldError>) -> ApiError {
+        ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            body: json!({ "detail": errors }),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(e: CommandError) -> ApiError {
+        match e {
+            CommandError::Schedule(e) => ApiError::validation(vec![validate::value_error(
+                "start_time",
+                serde_json::Value::Null,
+                e.to_string(),
+            )]),
+            CommandError::Store(why) => ApiError::detail(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "The change could not be saved, so it was not made: {why}. Check that the data directory is writable and the disk is not full."
+                ),
+            ),
+            CommandError::ShuttingDown => ApiError::detail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The service is shutting down; try again in a moment.",
+            ),
+        }
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::detail(StatusCode::NOT_FOUND, "Not Found")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
+}
+
+/// Reads a request body with the size limit, answering 413 in the contract's shape.
+async fn read_body(body: Body) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
+        ApiError::detail(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "Request body too large: the limit is {} KiB",
+                MAX_BODY / 1024
+            ),
+        )
+    })
+}
+
+/// With an API key configured, every `/api/*` path but health needs it.
+async fn require_api_key(State(state): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
+    let Some(key) = &state.api_key else {
+        return next.run(req).await;
+    };
+    let path = req.uri().path();
+    if !path.starts_with("/api/") || path == "/api/health" || req.method() == Method::OPTIONS {
+        return next.run(req).await;
+    }
+    if presented_key(req.headers())
+        .is_some_and(|k| bool::from(k.as_bytes().ct_eq(key.expose().as_bytes())))
+    {
+        next.run(req).await
+    } else {
+        let mut r = ApiError::detail(StatusCode::UNAUTHORIZED, "Not authenticated").into_response();
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        r
+    }
+}
+
+fn presented_key(h: &HeaderMap) -> Option<&str> {
+    if let Some(v) = h.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(v);
+    }
+    let auth = h.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = auth.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+async fn health(State(s): State<Arc<ApiState>>) -> Json<dto::Health> {
+    Json(dto::Health {
+        status: "ok",
+        mqtt_connected: s.engine.status().mqtt_connected,
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_seconds: (s.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+    })
+}
+
+async fn get_schedule(State(s): State<Arc<ApiState>>) -> Json<Option<dto::ScheduleResponse>> {
+    let st = s.engine.status();
+    Json(dto::ScheduleResponse::of(&st, &s.tz))
+}
+
+async fn post_schedule(
+    State(s): State<Arc<ApiState>>,
+    body: Body,
+) -> Result<Json<dto::ScheduleResponse>, ApiError> {
+    let bytes = read_body(body).await?;
+    let req = validate::parse_schedule_request(&bytes).map_err(ApiError::validation)?;
+    let (time, first_run) = match req.start_time {
+        StartTime::Daily(t) => (t, None),
+        StartTime::At(ts) => (crate::domain::schedule::local_time_of(ts, &s.tz), Some(ts)),
+    };
+    let input = ScheduleInput {
+        target: req.target_soc,
+        time,
+        mode: req.mode,
+        enabled: req.enabled,
+        days: req.days,
+        first_run,
+    };
+    let status = s.engine.set_schedule(input).await.map_err(|e| match e {
+        CommandError::Schedule(e) => ApiError::validation(vec![validate::value_error(
+            "start_time",
+            serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("start_time").cloned())
+                .unwrap_or_default(),
+            e.to_string(),
+        )]),
+        other => other.into(),
+    })?;
+    dto::ScheduleResponse::of(&status, &s.tz)
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::detail(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "The schedule was saved but is not shown; please report this.",
+            )
+        })
+}
+
+async fn delete_schedule(State(s): State<Arc<ApiState>>) -> Result<Json<dto::Message>, ApiError> {
+    let outcome = s.engine.cancel_schedule().await?;
+    Ok(Json(dto::Message {
+        success: outcome.success,
+        message: if outcome.success {
+            "Schedule cancelled".into()
+        } else {
+            format!("Schedule cancelled. {}", outcome.message)
+        },
+    }))
+}
+
+async fn charge_status(State(s): State<Arc<ApiState>>) -> Json<dto::ChargeStatus> {
+    Json(dto::ChargeStatus::of(&s.engine.status(), &s.tz))
+}
+
+async fn charging_status(State(s): State<Arc<ApiState>>) -> Json<dto::ChargingStatus> {
+    Json(dto::ChargingStatus::of(&s.engine.status(), &s.tz))
+}
+
+async fn charging_enable(
+    State(s): State<Arc<ApiState>>,
+    body: Body,
+) -> Result<Json<dto::EnableResponse>, ApiError> {
+    let bytes = read_body(body).await?;
+    let req = validate::parse_enable_request(&bytes).map_err(ApiError::validation)?;
+    let outcome = s.engine.charge_now(req.target_soc).await?;
+    Ok(Json(dto::EnableResponse {
+        success: outcome.success,
+        message: outcome.message,
+        target_soc: req.target_soc.get(),
+        current_soc: outcome.status.soc.map(|s| s.get()),
+        is_charging: outcome.status.is_charging(),
+    }))
+}
+
+async fn charging_disable(
+    State(s): State<Arc<ApiState>>,
+) -> Result<Json<dto::DisableResponse>, ApiError> {
+    let outcome = s.engine.cancel_schedule().await?;
+    Ok(Json(dto::DisableResponse {
+        success: outcome.success,
+        message: outcome.message,
+        stopped_at: dto::now_stamp(outcome.stopped_at, &s.tz),
+    }))
+}
+
+async fn history(State(s): State<Arc<ApiState>>) -> Result<Json<Vec<dto::HistoryEntry>>, ApiError> {
+    let store = s.store.clone();
+    let records = tokio::task::spawn_blocking(move || store.history(100))
+        .await
+        .map_err(|_| {
+            ApiError::detail(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "The history could not be read.",
+            )
+        })?
+        .map_err(|e| {
+            ApiError::detail(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("The history could not be read: {e}"),
+            )
+        })?;
+    Ok(Json(
+        records
+            .iter()
+            .map(|r| dto::HistoryEntry::of(r, &s.tz))
+            .collect(),
+    ))
+}
+
+async fn root(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
+    let wants_html = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"));
+    if wants_html {
+        return (
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            crate::http::dto::DASHBOARD_HTML,
+        )
+            .into_response();
+    }
+    Json(dto::overview(&s.engine.status(), &s.tz)).into_response()
+}

@@ -1,0 +1,818 @@
+//! The engine: the single owner of the schedule, the charge session and the latest telemetry.
+//!
+//! One task `select!`s over API commands, dongle events, the answer to the write (or snapshot)
+//! in flight, its next deadline and shutdown. Decisions are made by the pure core
+//! ([`crate::domain`]); the engine turns them into dongle writes, state-file saves and a
+//! [`Status`] snapshot that HTTP handlers read without a round trip.
+//!
+//! It never waits on the wall clock: it sleeps on the monotonic clock for at most
+//! `soc_check_interval` and re-reads the wall clock on every wake, so NTP corrections and
+//! manual clock changes are noticed within that interval.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::clock::Clock;
+use crate::domain::schedule::{Due, Schedule, ScheduleError};
+use crate::domain::session::{
+    AC_CHARGE, ChargeParams, Now, Origin, Phase, Session, StopReason, Write, WriteResult,
+    value_like,
+};
+use crate::domain::units::{Days, LocalTime, Mode, SettingValue, Soc, TargetSoc};
+use crate::dongle::client::{DongleEvent, DongleHandle};
+use crate::dongle::codec::{self, Message};
+use crate::store::{SessionRecord, State, Store};
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub params: ChargeParams,
+    pub tz: TimeZone,
+    /// The longest the engine sleeps before re-reading the wall clock.
+    pub check_interval: Duration,
+}
+
+/// A schedule as the API sets it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleInput {
+    pub target: TargetSoc,
+    pub time: LocalTime,
+    pub mode: Mode,
+    pub enabled: bool,
+    pub days: Option<Days>,
+    /// An exact first run (ISO-8601 start with offset).
+    pub first_run: Option<Timestamp>,
+}
+
+/// The outcome of "charge now".
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartOutcome {
+    pub success: bool,
+    pub message: String,
+    pub status: Status,
+}
+
+/// The outcome of a stop request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StopOutcome {
+    pub success: bool,
+    pub message: String,
+    pub stopped_at: Timestamp,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
+    #[error("the state could not be saved: {0}")]
+    Store(String),
+    #[error("the service is shutting down")]
+    ShuttingDown,
+}
+
+pub enum Command {
+    SetSchedule {
+        input: ScheduleInput,
+        reply: oneshot::Sender<Result<Status, CommandError>>,
+    },
+    /// Cancels the schedule and stops any charge.
+    CancelSchedule { reply: oneshot::Sender<StopOutcome> },
+    ChargeNow {
+        target: TargetSoc,
+        reply: oneshot::Sender<StartOutcome>,
+    },
+}
+
+/// What a running session looks like from outside.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionView {
+    pub origin: Origin,
+    pub target: TargetSoc,
+    pub active_target: Option<TargetSoc>,
+    pub started_at: Timestamp,
+    pub deadline: Timestamp,
+    pub phase: Phase,
+    pub charging: bool,
+    pub start_soc: Option<Soc>,
+}
+
+/// Everything the API shows, refreshed by the engine after every change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    pub started_at: Timestamp,
+    pub mqtt_connected: bool,
+    pub soc: Option<Soc>,
+    /// Battery power in W, positive = charging.
+    pub battery_power: Option<f64>,
+    pub last_telemetry: Option<Timestamp>,
+    pub last_message: Option<Timestamp>,
+    pub dongle_online: Option<bool>,
+    pub firmware_code: Option<String>,
+    pub schedule: Option<Schedule>,
+    pub session: Option<SessionView>,
+    /// Why the last charge ended, and when.
+    pub last_stop: Option<(StopReason, Timestamp, String)>,
+}
+
+impl Status {
+    pub fn is_charging(&self) -> bool {
+        self.session.as_ref().is_some_and(|s| s.charging)
+    }
+    /// The schedule's target, else that of a charge that is starting or charging.
+    pub fn target_soc(&self) -> Option<TargetSoc> {
+        self.schedule
+            .as_ref()
+            .map(|s| s.target)
+            .or_else(|| self.session.as_ref().and_then(|s| s.active_target))
+    }
+    pub fn next_run(&self) -> Option<Timestamp> {
+        self.schedule.as_ref().and_then(|s| s.next_run)
+    }
+}
+
+/// The API's handle on the engine.
+#[derive(Clone)]
+pub struct EngineHandle {
+    cmds: mpsc::Sender<Command>,
+    status: watch::Receiver<Status>,
+}
+
+impl EngineHandle {
+    pub fn status(&self) -> Status {
+        self.status.borrow().clone()
+    }
+
+    pub fn watch(&self) -> watch::Receiver<Status> {
+        self.status.clone()
+    }
+
+    pub async fn set_schedule(&self, input: ScheduleInput) -> Result<Status, CommandError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::SetSchedule { input, reply }).await?;
+        rx.await.map_err(|_| CommandError::ShuttingDown)?
+    }
+
+    pub async fn cancel_schedule(&self) -> Result<StopOutcome, CommandError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::CancelSchedule { reply }).await?;
+        rx.await.map_err(|_| CommandError::ShuttingDown)
+    }
+
+    pub async fn charge_now(&self, target: TargetSoc) -> Result<StartOutcome, CommandError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::ChargeNow { target, reply }).await?;
+        rx.await.map_err(|_| CommandError::ShuttingDown)
+    }
+
+    async fn send(&self, cmd: Command) -> Result<(), CommandError> {
+        self.cmds
+            .send(cmd)
+            .await
+            .map_err(|_| CommandError::ShuttingDown)
+    }
+}
+
+pub struct Engine {
+    cfg: EngineConfig,
+    clock: Clock,
+    store: Store,
+    dongle: DongleHandle,
+    schedule: Option<Schedule>,
+    session: Option<Session>,
+    status: watch::Sender<Status>,
+    pending_write: Option<(Write, oneshot::Receiver<WriteResult>)>,
+    pending_snapshot:
+        Option<oneshot::Receiver<Option<std::collections::BTreeMap<String, SettingValue>>>>,
+    start_waiters: Vec<oneshot::Sender<StartOutcome>>,
+    stop_waiters: Vec<(Timestamp, oneshot::Sender<StopOutcome>)>,
+    /// What was last written to disk, to save only on change.
+    saved: Option<State>,
+}
+
+/// Builds the engine from the stored state and returns it with its handle. Nothing runs until
+/// [`Engine::run`] is awaited.
+pub fn new(
+    cfg: EngineConfig,
+    clock: Clock,
+    store: Store,
+    dongle: DongleHandle,
+    state: State,
+) -> (Engine, EngineHandle, mpsc::Receiver<Command>) {
+    let now = clock.now();
+    let (status_tx, status_rx) = watch::channel(Status {
+        started_at: now,
+        mqtt_connected: false,
+        soc: None,
+        battery_power: None,
+        last_telemetry: None,
+        last_message: None,
+        dongle_online: None,
+        firmware_code: None,
+        schedule: None,
+        session: None,
+        last_stop: None,
+    });
+    let (cmd_tx, cmd_rx) = mpsc::channel(64);
+    let engine = Engine {
+        cfg,
+        clock,
+        store,
+        dongle,
+        schedule: state.schedule,
+        session: state.session,
+        status: status_tx,
+        pending_write: None,
+        pending_snapshot: None,
+        start_waiters: Vec::new(),
+        stop_waiters: Vec::new(),
+        saved: None,
+    };
+    let handle = EngineHandle {
+        cmds: cmd_tx,
+        status: status_rx,
+    };
+    (engine, handle, cmd_rx)
+}
+
+/// Awaits an optional receiver; pends forever when there is none (for `select!`).
+async fn maybe<T>(rx: &mut Option<oneshot::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+async fn maybe_write(p: &mut Option<(Write, oneshot::Receiver<WriteResult>)>) -> WriteResult {
+    match p {
+        Some((_, rx)) => rx
+            .await
+            .unwrap_or_else(|_| WriteResult::NotSent("the dongle client stopped".into())),
+        None => std::future::pending().await,
+    }
+}
+
+/// How long shutdown waits for the write in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+
+impl Engine {
+    fn now(&self) -> Now {
+        Now {
+            wall: self.clock.now(),
+            mono: self.clock.mono().0,
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled. A running session is saved, not stopped: the next
+    /// start resumes it.
+    pub async fn run(
+        mut self,
+        mut cmds: mpsc::Receiver<Command>,
+        mut events: mpsc::Receiver<DongleEvent>,
+        shutdown: CancellationToken,
+    ) {
+        self.boot();
+        loop {
+            self.step();
+            let wake = self.next_wake();
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                Some(ev) = events.recv() => self.on_dongle_event(ev),
+                result = maybe_write(&mut self.pending_write) => self.on_write_result(result),
+                snap = maybe(&mut self.pending_snapshot) => self.on_snapshot(snap.flatten()),
+                Some(cmd) = cmds.recv() => self.on_command(cmd),
+                _ = self.clock.sleep(wake) => {}
+            }
+        }
+        self.shut_down().await;
+    }
+
+    async fn shut_down(&mut self) {
+        if let Some((w, rx)) = &mut self.pending_write {
+            info!(setting = %w.setting, "finishing the write in flight before exiting");
+            let grace = self.clock.sleep(SHUTDOWN_GRACE);
+            let result = tokio::select! {
+                r = rx => r.ok(),
+                _ = grace => None,
+            };
+            if let Some(r) = result {
+                self.on_write_result(r);
+            }
+        }
+        self.persist();
+        if let Some(s) = &self.session {
+            info!(phase = ?s.phase, target = %s.target, "a charge session is saved and will be resumed at the next start");
+        }
+    }
+
+    /// Reconciles the stored state with the present: re-arms the schedule and resumes a
+    /// session that was running when the process stopped.
+    fn boot(&mut self) {
+        let now = self.now();
+        if let Some(s) = &mut self.schedule {
+            s.rearm(now.wall, &self.cfg.tz);
+        }
+        if let Some(s) = &mut self.session {
+            s.resume(now, &self.cfg.params);
+            warn!(
+                phase = ?s.phase,
+                target = %s.target,
+                deadline = %s.deadline,
+                "resuming a charge session that was running when the service stopped"
+            );
+            if s.phase == Phase::Preparing {
+                self.pending_snapshot = Some(self.dongle.snapshot(self.cfg.params.settings()));
+            }
+        }
+        self.persist();
+    }
+
+    /// After every event: fire a due schedule, finish a done session, send the next write,
+    /// save, answer waiters and publish the status.
+    fn step(&mut self) {
+        let now = self.now();
+        if let Some(s) = &mut self.session {
+            s.on_tick(now);
+        }
+        self.check_schedule(now);
+        self.dispatch(now);
+        self.finish_session(now);
+        self.persist();
+        self.publish_status();
+        self.answer_waiters(now);
+    }
+
+    fn check_schedule(&mut self, now: Now) {
+        let Some(schedule) = &mut self.schedule else {
+            return;
+        };
+        match schedule.due(now.wall) {
+            Due::Fire(occurrence) => {
+                schedule.consume(occurrence, now.wall, &self.cfg.tz);
+                let target = schedule.target;
+                let next = schedule.next_run;
+                info!(%occurrence, target = %target, next_run = ?next, "schedule fired");
+                if self.session.is_some() {
+                    info!(
+                        "a charge is already running; this occurrence is consumed without a second start"
+                    );
+                } else {
+                    self.start(Origin::Schedule, target, now);
+                }
+            }
+            Due::Missed(occurrence) => {
+                schedule.consume(occurrence, now.wall, &self.cfg.tz);
+                warn!(%occurrence, now = %now.wall, next_run = ?schedule.next_run,
+                    "the scheduled charge was missed by more than 10 minutes (service down or clock moved); skipped");
+                self.drop_spent_schedule();
+            }
+            Due::Idle | Due::Wait(_) => {}
+        }
+    }
+
+    fn drop_spent_schedule(&mut self) {
+        if self.session.is_none() && self.schedule.as_ref().is_some_and(Schedule::is_spent) {
+            self.schedule = None;
+        }
+    }
+
+    /// The one start path, used by the schedule and by "charge now".
+    fn start(&mut self, origin: Origin, target: TargetSoc, now: Now) -> Option<String> {
+        let soc = self.status.borrow().soc;
+        if let Some(soc) = soc
+            && target.reached_by(soc)
+        {
+            let msg = format!(
+                "Battery is already at {soc}, at or above the target {target}: nothing to charge"
+            );
+            info!(%soc, %target, "charge skipped: SOC already at or above the target");
+            self.drop_spent_schedule();
+            return Some(msg);
+        }
+        info!(?origin, %target, soc = ?soc.map(Soc::get), cutoff_h = self.cfg.params.cutoff.as_secs_f64() / 3600.0, "starting a charge");
+        self.session = Some(Session::new(origin, target, now, &self.cfg.params, soc));
+        // Saved before anything is written to the inverter.
+        self.persist();
+        self.pending_snapshot = Some(self.dongle.snapshot(self.cfg.params.settings()));
+        None
+    }
+
+    fn on_snapshot(&mut self, snap: Option<std::collections::BTreeMap<String, SettingValue>>) {
+        self.pending_snapshot = None;
+        let now = self.now();
+        if snap.is_none() {
+            warn!(
+                "the inverter's settings could not be read: the charge goes ahead, and at its end the windows are switched off and AC charging disabled instead of restoring earlier values"
+            );
+        }
+        if let Some(s) = &mut self.session {
+            s.on_snapshot(now, snap, &self.cfg.tz);
+        }
+    }
+
+    fn dispatch(&mut self, now: Now) {
+        if self.pending_write.is_some() {
+            return;
+        }
+        let Some(s) = &mut self.session else { return };
+        let Some(w) = s.next_write(now) else { return };
+        let is_stop = w.setting == AC_CHARGE && w.value == SettingValue::Int(0);
+        if !is_stop {
+            // A start or restore write is recorded before it is sent, so that a crash leaves a
+            // record of what may have changed. The stop goes out first and is saved after:
+            // it is the one that must be fast.
+            self.persist();
+        }
+        debug!(setting = %w.setting, value = %w.value, "writing");
+        let rx = self.dongle.write(&w.setting, w.value);
+        self.pending_write = Some((w, rx));
+    }
+
+    fn on_write_result(&mut self, result: WriteResult) {
+        let Some((w, _)) = self.pending_write.take() else {
+            return;
+        };
+        let now = self.now();
+        match &result {
+            WriteResult::Confirmed => {
+                debug!(setting = %w.setting, value = %w.value, "write confirmed")
+            }
+            other => {
+                warn!(setting = %w.setting, value = %w.value, outcome = ?other, "write not confirmed")
+            }
+        }
+        let Some(s) = &mut self.session else { return };
+        let before = s.phase;
+        s.on_write_result(now, result);
+        if before == Phase::Starting && s.phase == Phase::Charging {
+            info!(target = %s.target, deadline = %s.deadline, "charging: AC charge is on; watching SOC");
+        }
+        if before == Phase::Stopping && w.setting == AC_CHARGE && !s.is_charging() {
+            info!("AC charge is off");
+        }
+    }
+
+    fn finish_session(&mut self, now: Now) {
+        let Some(s) = &self.session else { return };
+        if !s.is_finished() {
+            return;
+        }
+        let record = SessionRecord::of(s, now.wall);
+        let reason = s.stop_reason.unwrap_or(StopReason::Cancelled);
+        let detail = s.detail.clone().unwrap_or_default();
+        if s.restore_failures.is_empty() {
+            info!(reason = reason.as_str(), soc = ?s.last_soc.map(Soc::get), "charge session ended: {detail}");
+        } else {
+            warn!(reason = reason.as_str(), failures = ?s.restore_failures, "charge session ended, but some settings could not be restored: {detail}");
+        }
+        if let Err(e) = self.store.append_history(&record) {
+            error!("the charge history could not be written: {e}");
+        }
+        self.status
+            .send_modify(|st| st.last_stop = Some((reason, now.wall, detail)));
+        self.session = None;
+        self.drop_spent_schedule();
+    }
+
+    fn on_dongle_event(&mut self, ev: DongleEvent) {
+        let now = self.now();
+        match ev {
+            DongleEvent::Connected(up) => {
+                self.status.send_modify(|s| s.mqtt_connected = up);
+            }
+            DongleEvent::Undecodable => {
+                self.status.send_modify(|s| s.last_message = Some(now.wall));
+                if let Some(s) = &mut self.session {
+                    s.on_dongle_message(now);
+                }
+            }
+            DongleEvent::Message(m) => self.on_message(now, m),
+        }
+    }
+
+    fn on_message(&mut self, now: Now, m: Message) {
+        self.status.send_modify(|s| s.last_message = Some(now.wall));
+        match m {
+            Message::Telemetry(fields) => {
+                let t = codec::telemetry(&fields);
+                if !t.rejected.is_empty() {
+                    warn!(values = ?t.rejected, "ignored out-of-range telemetry values");
+                }
+                self.status.send_modify(|s| {
+                    if t.soc.is_some() {
+                        s.soc = t.soc;
+                    }
+                    if t.battery_power_w.is_some() {
+                        s.battery_power = t.battery_power_w;
+                    }
+                    s.last_telemetry = Some(now.wall);
+                    s.dongle_online = Some(true);
+                });
+                if let Some(s) = &mut self.session {
+                    s.on_telemetry(now, t.soc, t.charge_power_w);
+                }
+            }
+            Message::Availability { online } => {
+                if !online {
+                    warn!("the dongle reports itself offline");
+                }
+                self.status.send_modify(|s| s.dongle_online = Some(online));
+                if let Some(s) = &mut self.session {
+                    s.on_availability(now, online);
+                }
+            }
+            Message::SettingUpdated(fields) => {
+                if let Some(s) = &mut self.session {
+                    for (name, raw) in fields.iter() {
+                        let value = codec::setting_value(raw, value_like(name));
+                        s.on_setting_changed(now, name, value);
+                    }
+                    if s.stop_reason == Some(StopReason::ExternalOverride) {
+                        warn!("{}", s.detail.clone().unwrap_or_default());
+                    }
+                }
+            }
+            Message::FirmwareCode(code) => {
+                if self.status.borrow().firmware_code.as_deref() != Some(code.as_str()) {
+                    info!(%code, "inverter firmware code");
+                }
+                self.status.send_modify(|s| s.firmware_code = Some(code));
+            }
+            Message::Settings(fields) => {
+                if let Some(code) = codec::firmware_code(&fields) {
+                    self.status.send_modify(|s| s.firmware_code = Some(code));
+                }
+                if let Some(s) = &mut self.session {
+                    s.on_dongle_message(now);
+                }
+            }
+            Message::WriteResponse { .. } | Message::Status { .. } | Message::Ignored => {
+                if let Some(s) = &mut self.session {
+                    s.on_dongle_message(now);
+                }
+            }
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        let now = self.now();
+        match cmd {
+            Command::SetSchedule { input, reply } => {
+                let result = self.set_schedule(input, now);
+                self.step();
+                let _ = reply.send(result.map(|()| self.status.borrow().clone()));
+            }
+            Command::CancelSchedule { reply } => {
+                if self.schedule.take().is_some() {
+                    info!("schedule cancelled");
+                }
+                self.stop(now, "stopped through the API", reply);
+            }
+            Command::ChargeNow { target, reply } => {
+                if let Some(s) = &mut self.session {
+                    s.set_target(now, target);
+                    let status = self.status.borrow().clone();
+                    let _ = reply.send(StartOutcome {
+                        success: true,
+                        message: format!("Already charging; target set to {target}"),
+                        status,
+                    });
+                    return;
+                }
+                // Charging now leaves a one-shot schedule for "now", as the app expects.
+                let time = crate::domain::schedule::local_time_of(now.wall, &self.cfg.tz);
+                let mut once = Schedule {
+                    target,
+                    time,
+                    mode: Mode::Once,
+                    enabled: true,
+                    days: None,
+                    next_run: None,
+                    last_run: Some(now.wall),
+                    created_at: now.wall,
+                };
+                once.next_run = None;
+                self.schedule = Some(once);
+                match self.start(Origin::ChargeNow, target, now) {
+                    Some(msg) => {
+                        self.step();
+                        let status = self.status.borrow().clone();
+                        let _ = reply.send(StartOutcome {
+                            success: true,
+                            message: msg,
+                            status,
+                        });
+                    }
+                    None => self.start_waiters.push(reply),
+                }
+            }
+        }
+    }
+
+    fn set_schedule(&mut self, input: ScheduleInput, now: Now) -> Result<(), CommandError> {
+        let schedule = Schedule::new(
+            input.target,
+            input.time,
+            input.mode,
+            input.enabled,
+            input.days,
+            input.first_run,
+            now.wall,
+            &self.cfg.tz,
+        )?;
+        info!(target = %schedule.target, time = %schedule.time, mode = schedule.mode.as_str(),
+            enabled = schedule.enabled, next_run = ?schedule.next_run, "schedule set");
+        let mut candidate = State {
+            version: crate::store::FORMAT_VERSION,
+            schedule: Some(schedule.clone()),
+            session: self.session.clone(),
+        };
+        if let Some(s) = &mut candidate.session {
+            if schedule.enabled {
+                s.set_target(now, schedule.target);
+            } else {
+                s.cancel(now, "the schedule was disabled");
+            }
+        }
+        // Persisted before the answer: if it cannot be saved, nothing changes.
+        self.store
+            .save(&candidate)
+            .map_err(|e| CommandError::Store(e.to_string()))?;
+        self.saved = Some(candidate.clone());
+        self.schedule = candidate.schedule;
+        self.session = candidate.session;
+        Ok(())
+    }
+
+    fn stop(&mut self, now: Now, why: &str, reply: oneshot::Sender<StopOutcome>) {
+        match &mut self.session {
+            Some(s)
+                if s.is_charging()
+                    || matches!(
+                        s.phase,
+                        Phase::Preparing | Phase::Starting | Phase::Charging
+                    ) =>
+            {
+                s.cancel(now, why);
+                self.stop_waiters.push((now.wall, reply));
+            }
+            _ => {
+                let _ = reply.send(StopOutcome {
+                    success: true,
+                    message: "Charging disabled".into(),
+                    stopped_at: now.wall,
+                });
+            }
+        }
+        self.step();
+    }
+
+    fn answer_waiters(&mut self, _now: Now) {
+        let status = self.status.borrow().clone();
+        if !self.start_waiters.is_empty() {
+            let outcome = match &self.session {
+                Some(s) if s.phase == Phase::Charging => Some(StartOutcome {
+                    success: true,
+                    message: format!("Charging enabled to {}", s.target),
+                    status: status.clone(),
+                }),
+                Some(s) if matches!(s.phase, Phase::Preparing | Phase::Starting) => None,
+                Some(s) => Some(StartOutcome {
+                    success: false,
+                    message: format!(
+                        "Charging could not be started: {}",
+                        s.detail.clone().unwrap_or_else(|| "it was stopped".into())
+                    ),
+                    status: status.clone(),
+                }),
+                None => Some(StartOutcome {
+                    success: false,
+                    message: status
+                        .last_stop
+                        .as_ref()
+                        .map(|(_, _, d)| format!("Charging could not be started: {d}"))
+                        .unwrap_or_else(|| "Charging could not be started".into()),
+                    status: status.clone(),
+                }),
+            };
+            if let Some(o) = outcome {
+                for w in self.start_waiters.drain(..) {
+                    let _ = w.send(o.clone());
+                }
+            }
+        }
+        if !self.stop_waiters.is_empty() {
+            let outcome = match &self.session {
+                Some(s) if s.stop_is_retrying() => Some((
+                    false,
+                    format!(
+                        "Could not switch AC charging off yet ({}); retrying. The inverter's own SOC limit and window end remain in force",
+                        s.detail.clone().unwrap_or_default()
+                    ),
+                )),
+                Some(s) if s.is_charging() => None,
+                _ => Some((true, "Charging disabled".to_string())),
+            };
+            if let Some((success, message)) = outcome {
+                for (at, w) in self.stop_waiters.drain(..) {
+                    let _ = w.send(StopOutcome {
+                        success,
+                        message: message.clone(),
+                        stopped_at: at,
+                    });
+                }
+            }
+        }
+    }
+
+    fn next_wake(&self) -> Duration {
+        let now = self.now();
+        let mut d = self.cfg.check_interval;
+        let until =
+            |t: Timestamp| Duration::try_from(t.duration_since(now.wall)).unwrap_or(Duration::ZERO);
+        if let Some(Due::Wait(t)) = self.schedule.as_ref().map(|s| s.due(now.wall)) {
+            d = d.min(until(t));
+        }
+        if let Some(s) = &self.session {
+            if let Some(t) = s.next_wall_deadline() {
+                d = d.min(until(t));
+            }
+            if let Some(m) = s.next_mono_deadline() {
+                d = d.min(m.saturating_sub(now.mono));
+            }
+        }
+        d
+    }
+
+    fn persist(&mut self) {
+        let state = State {
+            version: crate::store::FORMAT_VERSION,
+            schedule: self.schedule.clone(),
+            session: self.session.clone(),
+        };
+        if self
+            .saved
+            .as_ref()
+            .is_some_and(|s| same_durable_state(s, &state))
+        {
+            return;
+        }
+        match self.store.save(&state) {
+            Ok(()) => self.saved = Some(state),
+            Err(e) => error!(
+                "the state could not be saved (the charge goes on; fix the data directory): {e}"
+            ),
+        }
+    }
+
+    fn publish_status(&self) {
+        let schedule = self.schedule.clone();
+        let session = self.session.as_ref().map(|s| SessionView {
+            origin: s.origin,
+            target: s.target,
+            active_target: s.active_target(),
+            started_at: s.started_at,
+            deadline: s.deadline,
+            phase: s.phase,
+            charging: s.is_charging(),
+            start_soc: s.start_soc,
+        });
+        let mqtt = self.dongle.is_connected();
+        self.status.send_if_modified(|st| {
+            let changed =
+                st.schedule != schedule || st.session != session || st.mqtt_connected != mqtt;
+            st.schedule = schedule;
+            st.session = session;
+            st.mqtt_connected = mqtt;
+            changed
+        });
+    }
+}
+
+/// Whether two states differ only in what need not be saved at once (live telemetry).
+fn same_durable_state(a: &State, b: &State) -> bool {
+    let key = |s: &State| {
+        (
+            s.schedule.clone(),
+            s.session.as_ref().map(|x| {
+                (
+                    x.phase,
+                    x.target,
+                    x.start_done,
+                    x.stop_done,
+                    x.charging,
+                    x.in_flight.clone(),
+                    x.touched.clone(),
+                    x.snapshot.clone(),
+                    x.stop_reason,
+                    x.extra_writes.clone(),
+                )
+            }),
+        )
+    };
+    key(a) == key(b)
+}

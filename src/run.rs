@@ -1,0 +1,242 @@
+//! What each command does, from a parsed command line to a running service.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tracing::{info, warn};
+
+use crate::app;
+use crate::cli::{DemoArgs, FirmwareArg, SimulateArgs};
+use crate::clock::Clock;
+use crate::config::{self, ConfigError, EnvOverrides, LogFormat, LoggingConfig};
+use crate::logging;
+use crate::sim;
+
+/// `serve`: the service itself.
+pub async fn serve(config_path: &Path, data_dir: &Path) -> anyhow::Result<()> {
+    let loaded = match config::load_file(config_path, &EnvOverrides::from_process()) {
+        Ok(l) => l,
+        Err(ConfigError::Read { path, source })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            anyhow::bail!(
+                "no config file at {path}. Copy config.example.yaml to config.yaml and set mqtt.host and mqtt.dongle_prefix (or pass --config PATH). To try the service without an inverter, run: solar-charging-backend demo"
+            );
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let config = loaded.config;
+    logging::init(&config.logging);
+    for w in &loaded.warnings {
+        warn!("config: {w}");
+    }
+    info!(version = env!("CARGO_PKG_VERSION"), broker = %format!("{}:{}", config.mqtt.host, config.mqtt.port),
+        dongle = %config.mqtt.dongle_prefix, "starting");
+    let listener = app::bind(&config.server.host, config.server.port).await?;
+    let app = app::start(&config, data_dir, Clock::System, listener).await?;
+    crate::systemd::ready(app.engine.watch());
+    shutdown_signal().await;
+    info!("shutting down");
+    crate::systemd::stopping();
+    app.shutdown().await;
+    Ok(())
+}
+
+/// `demo`: an embedded broker, the simulated dongle and the service, all in this process.
+pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    logging::init(&LoggingConfig {
+        level: "info".into(),
+        format: LogFormat::Text,
+    });
+    let broker =
+        sim::broker::start_embedded_broker(0).context("the embedded MQTT broker did not start")?;
+    let prefix = "dongle-40:4C:CA:00:00:01";
+    let tz = jiff::tz::TimeZone::system();
+    let sim_cfg = sim::dongle::SimConfig {
+        prefix: prefix.into(),
+        firmware: firmware(args.firmware),
+        speed: args.speed,
+        initial_soc: args.soc,
+        tz: tz.clone(),
+        ..Default::default()
+    };
+    let simulator = sim::dongle::spawn("127.0.0.1", broker.port, sim_cfg, Clock::System);
+    let yaml = format!(
+        "mqtt: {{host: 127.0.0.1, port: {}, dongle_prefix: \"{prefix}\", client_id: solar-demo}}\nserver: {{host: \"{}\", port: {}}}\n",
+        broker.port, args.host, args.port
+    );
+    let config = config::parse(&yaml, &EnvOverrides::default())
+        .map_err(|p| anyhow::anyhow!("demo config: {p:?}"))?
+        .config;
+    let (data_dir, _tmp) = match args.demo_data {
+        Some(d) => (d, None),
+        None => {
+            let t = tempfile::Builder::new().prefix("solar-demo-").tempdir()?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    let listener = app::bind(&config.server.host, config.server.port).await?;
+    let app = app::start(&config, &data_dir, Clock::System, listener).await?;
+    print_demo_banner(app.addr, broker.port, args.speed, &data_dir);
+    shutdown_signal().await;
+    info!("shutting down the demo");
+    app.shutdown().await;
+    simulator.shutdown().await;
+    Ok(())
+}
+
+fn print_demo_banner(addr: std::net::SocketAddr, broker_port: u16, speed: f64, data: &Path) {
+    let base = format!("http://{addr}");
+    let in2 = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_mins(2))
+        .map(|t| {
+            t.to_zoned_datetime(jiff::tz::TimeZone::system())
+                .strftime("%H:%M")
+                .to_string()
+        })
+        .unwrap_or_else(|_| "02:30".into());
+    println!(
+        r#"
+  Demo running: a simulated inverter (battery physics {speed}x faster) behind an embedded
+  MQTT broker on 127.0.0.1:{broker_port}. No real inverter is touched. State: {data}
+
+  Dashboard:  {base}/
+  API docs:   {base}/docs
+
+  Try it (in another terminal):
+    curl -s {base}/api/charging/status
+    # charge now to 80 %; with the default speed this ends within about a minute:
+    curl -s -X POST {base}/api/charging/enable -H 'Content-Type: application/json' -d '{{"target_soc": 80}}'
+    # or schedule a charge two minutes from now:
+    curl -s -X POST {base}/api/charge/schedule -H 'Content-Type: application/json' -d '{{"target_soc": 90, "start_time": "{in2}", "mode": "once"}}'
+
+  Press Ctrl-C to stop.
+"#,
+        data = data.display()
+    );
+}
+
+fn firmware(f: FirmwareArg) -> sim::dongle::Firmware {
+    match f {
+        FirmwareArg::Legacy => sim::dongle::Firmware::Legacy,
+        FirmwareArg::Modern => sim::dongle::Firmware::V43,
+    }
+}
+
+/// `simulate`: only the simulated dongle, against any broker.
+pub async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    logging::init(&LoggingConfig {
+        level: "info".into(),
+        format: LogFormat::Text,
+    });
+    let (host, port) = args
+        .broker
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+        .with_context(|| format!("--broker {:?} is not HOST:PORT", args.broker))?;
+    let cfg = sim::dongle::SimConfig {
+        prefix: args.prefix.clone(),
+        firmware: firmware(args.firmware),
+        speed: args.speed,
+        initial_soc: args.soc,
+        tz: jiff::tz::TimeZone::system(),
+        ..Default::default()
+    };
+    let simulator = sim::dongle::spawn(&host, port, cfg, Clock::System);
+    info!(broker = %args.broker, prefix = %args.prefix, "simulated dongle running; Ctrl-C to stop");
+    shutdown_signal().await;
+    simulator.shutdown().await;
+    Ok(())
+}
+
+/// `check-config`: every problem with its key path, exit 1 if any.
+pub fn check_config(path: &Path) -> ExitCode {
+    match config::load_file(path, &EnvOverrides::from_process()) {
+        Ok(l) => {
+            for w in &l.warnings {
+                println!("warning: {w}");
+            }
+            let c = &l.config;
+            println!(
+                "{} is valid: broker {}:{}, dongle {}, HTTP on {}:{}, time zone {}, safety cutoff {:.2} h",
+                path.display(),
+                c.mqtt.host,
+                c.mqtt.port,
+                c.mqtt.dongle_prefix,
+                c.server.host,
+                c.server.port,
+                c.timezone_name,
+                c.charging.safety_cutoff.as_secs_f64() / 3600.0
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `healthcheck`: a plain HTTP GET with no dependencies, for images without curl.
+pub fn healthcheck(url: Option<String>) -> ExitCode {
+    let url = url.unwrap_or_else(|| {
+        let port = std::env::var("SERVER_PORT").unwrap_or_else(|_| "8088".into());
+        format!("http://127.0.0.1:{port}/api/health")
+    });
+    match probe(&url) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("unhealthy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn probe(url: &str) -> anyhow::Result<()> {
+    let rest = url
+        .strip_prefix("http://")
+        .context("only http:// URLs are supported")?;
+    let (authority, path) = rest
+        .split_once('/')
+        .map(|(a, p)| (a, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
+    let addr: PathBuf = authority.into();
+    let mut stream = TcpStream::connect(authority)
+        .with_context(|| format!("cannot connect to {}", addr.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n")?;
+    let mut head = [0u8; 16];
+    let n = stream.read(&mut head)?;
+    let line = String::from_utf8_lossy(&head[..n]);
+    anyhow::ensure!(
+        line.starts_with("HTTP/1.1 200") || line.starts_with("HTTP/1.0 200"),
+        "answered {line:?}"
+    );
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM (systemd and Docker send SIGTERM).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,31 @@
+//! systemd integration (`Type=notify`): readiness, watchdog pings while the engine is alive,
+//! and the stopping notice. Without systemd (no `NOTIFY_SOCKET`) every call does nothing.
+
+use sd_notify::NotifyState;
+use tokio::sync::watch;
+
+use crate::engine::Status;
+
+/// Tells systemd the service is ready and, when `WatchdogSec` is set, pings it at half the
+/// interval for as long as the engine publishes its status (a dead engine stops the pings,
+/// and systemd restarts the service).
+pub fn ready(engine_status: watch::Receiver<Status>) {
+    let _ = sd_notify::notify(&[NotifyState::Ready]);
+    let Some(interval) = sd_notify::watchdog_enabled() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval / 2);
+        loop {
+            tick.tick().await;
+            if engine_status.has_changed().is_err() {
+                break; // the engine is gone: let the watchdog fire
+            }
+            let _ = sd_notify::notify(&[NotifyState::Watchdog]);
+        }
+    });
+}
+
+pub fn stopping() {
+    let _ = sd_notify::notify(&[NotifyState::Stopping]);
+}
