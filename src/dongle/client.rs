@@ -227,6 +227,16 @@ async fn connection_task(
                 if let Err(e) = client.try_subscribe(&filter, QoS::AtLeastOnce) {
                     warn!(error = %e, "could not subscribe to {filter}");
                 }
+                // Firmware >= 4.3 publishes only changes: without a snapshot, an idle battery's
+                // SOC might not be heard for hours after a (re)connect. Older firmware ignores
+                // the request and reports periodically anyway. Queued after the subscription,
+                // so the answer is not missed.
+                let _ = client.try_publish(
+                    format!("{prefix}/snapshot/request"),
+                    QoS::AtLeastOnce,
+                    false,
+                    encode_snapshot_request(),
+                );
                 let _ = client.try_publish(
                     format!("{prefix}/firmwarecode/request"),
                     QoS::AtLeastOnce,
