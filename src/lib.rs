@@ -13,8 +13,8 @@
 //! * [`http`]: the REST API, its wire shapes and the dashboard.
 //! * [`store`]: the state file, the charge history and the old backend's schedule import.
 //! * [`sim`]: the simulated dongle and inverter and the embedded broker (demo and tests).
-//! * [`config`], [`clock`], [`logging`], [`systemd`]: configuration, the injectable clock,
-//!   log setup and service-manager integration.
+//! * [`config`], [`clock`], [`logging`], [`metrics`], [`systemd`]: configuration, the
+//!   injectable clock, log setup, Prometheus metrics and service-manager integration.
 //! * [`app`] wires the parts together; [`run`] implements each command of [`cli`].
 
 pub mod app;
@@ -26,6 +26,7 @@ pub mod dongle;
 pub mod engine;
 pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod run;
 pub mod sim;
 pub mod store;
