@@ -574,18 +574,27 @@ impl Engine {
             }
             Command::ChargeNow { target, reply } => {
                 if let Some(s) = &mut self.session {
-                    s.set_target(now, target);
+                    let (success, message) = if s.active_target().is_some() {
+                        s.set_target(now, target);
+                        (true, format!("Already charging; target set to {target}"))
+                    } else {
+                        (
+                            false,
+                            "The previous charge is still restoring the inverter's settings; try again in a few seconds".to_string(),
+                        )
+                    };
+                    self.step();
                     let status = self.status.borrow().clone();
                     let _ = reply.send(StartOutcome {
-                        success: true,
-                        message: format!("Already charging; target set to {target}"),
+                        success,
+                        message,
                         status,
                     });
                     return;
                 }
                 // Charging now leaves a one-shot schedule for "now", as the app expects.
                 let time = crate::domain::schedule::local_time_of(now.wall, &self.cfg.tz);
-                let mut once = Schedule {
+                self.schedule = Some(Schedule {
                     target,
                     time,
                     mode: Mode::Once,
@@ -594,9 +603,7 @@ impl Engine {
                     next_run: None,
                     last_run: Some(now.wall),
                     created_at: now.wall,
-                };
-                once.next_run = None;
-                self.schedule = Some(once);
+                });
                 match self.start(Origin::ChargeNow, target, now) {
                     Some(msg) => {
                         self.step();
