@@ -10,7 +10,9 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use crate::engine::Status;
 
 /// Seconds; dongle writes take from milliseconds to the 15 s timeout and beyond.
-const WRITE_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0];
+const WRITE_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0,
+];
 
 /// The process-wide recorder (installed on first use, shared by every service in the process).
 fn handle() -> &'static PrometheusHandle {
@@ -54,15 +56,22 @@ pub fn render(st: &Status, now: Timestamp) -> String {
     opt("solar_soc_percent", st.soc.map(|s| f64::from(s.get())));
     opt("solar_battery_power_watts", st.battery_power);
     g("solar_charging", if st.is_charging() { 1.0 } else { 0.0 });
-    g("solar_mqtt_connected", if st.mqtt_connected { 1.0 } else { 0.0 });
+    g(
+        "solar_mqtt_connected",
+        if st.mqtt_connected { 1.0 } else { 0.0 },
+    );
     opt(
         "solar_dongle_last_message_age_seconds",
-        st.last_message.map(|t| now.duration_since(t).as_secs_f64().max(0.0)),
+        st.last_message
+            .map(|t| now.duration_since(t).as_secs_f64().max(0.0)),
     );
     opt(
         "solar_schedule_next_run_timestamp_seconds",
         st.next_run().map(|t| t.as_second() as f64),
     );
-    g("solar_uptime_seconds", now.duration_since(st.started_at).as_secs_f64().max(0.0));
+    g(
+        "solar_uptime_seconds",
+        now.duration_since(st.started_at).as_secs_f64().max(0.0),
+    );
     handle().render()
 }

@@ -46,22 +46,26 @@ pub async fn serve(config_path: &Path, data_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `demo`: an embedded broker, the simulated dongle and the service, all in this process.
-pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
-    logging::init(&LoggingConfig {
-        level: "info".into(),
-        format: LogFormat::Text,
-    });
+/// A running demo: broker, simulated dongle and service in this process.
+pub struct Demo {
+    pub app: app::App,
+    pub sim: sim::dongle::SimHandle,
+    pub broker_port: u16,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// Starts the demo's parts (used by `demo` and by its test).
+pub async fn start_demo(args: &DemoArgs) -> anyhow::Result<Demo> {
     let broker =
         sim::broker::start_embedded_broker(0).context("the embedded MQTT broker did not start")?;
     let prefix = "dongle-40:4C:CA:00:00:01";
-    let tz = jiff::tz::TimeZone::system();
     let sim_cfg = sim::dongle::SimConfig {
         prefix: prefix.into(),
         firmware: firmware(args.firmware),
         speed: args.speed,
         initial_soc: args.soc,
-        tz: tz.clone(),
+        tz: jiff::tz::TimeZone::system(),
         ..Default::default()
     };
     let simulator = sim::dongle::spawn("127.0.0.1", broker.port, sim_cfg, Clock::System);
@@ -72,8 +76,8 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let config = config::parse(&yaml, &EnvOverrides::default())
         .map_err(|p| anyhow::anyhow!("demo config: {p:?}"))?
         .config;
-    let (data_dir, _tmp) = match args.demo_data {
-        Some(d) => (d, None),
+    let (data_dir, tmp) = match &args.demo_data {
+        Some(d) => (d.clone(), None),
         None => {
             let t = tempfile::Builder::new().prefix("solar-demo-").tempdir()?;
             (t.path().to_path_buf(), Some(t))
@@ -81,11 +85,27 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     };
     let listener = app::bind(&config.server.host, config.server.port).await?;
     let app = app::start(&config, &data_dir, Clock::System, listener).await?;
-    print_demo_banner(app.addr, broker.port, args.speed, &data_dir);
+    Ok(Demo {
+        app,
+        sim: simulator,
+        broker_port: broker.port,
+        data_dir,
+        _tmp: tmp,
+    })
+}
+
+/// `demo`: an embedded broker, the simulated dongle and the service, all in this process.
+pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    logging::init(&LoggingConfig {
+        level: "info".into(),
+        format: LogFormat::Text,
+    });
+    let demo = start_demo(&args).await?;
+    print_demo_banner(demo.app.addr, demo.broker_port, args.speed, &demo.data_dir);
     shutdown_signal().await;
     info!("shutting down the demo");
-    app.shutdown().await;
-    simulator.shutdown().await;
+    demo.app.shutdown().await;
+    demo.sim.shutdown().await;
     Ok(())
 }
 
