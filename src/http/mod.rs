@@ -17,7 +17,7 @@ use axum::{Json, Router};
 use jiff::tz::TimeZone;
 use serde_json::json;
 use subtle::ConstantTimeEq;
-use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::cors::{AllowHeaders, AllowOrigin, Any, CorsLayer};
 
 use crate::config::Secret;
 use crate::engine::{CommandError, EngineHandle, ScheduleInput};
@@ -74,7 +74,9 @@ pub fn router(state: ApiState, cors_origins: &[String], request_timeout: Duratio
 fn cors(origins: &[String]) -> CorsLayer {
     let layer = CorsLayer::new()
         .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
-        .allow_headers(Any)
+        // Echoes the requested headers: browsers never let a wildcard stand for
+        // `Authorization`, so `*` would block a web client that sends the API key as a bearer.
+        .allow_headers(AllowHeaders::mirror_request())
         .max_age(Duration::from_secs(600));
     if origins.iter().any(|o| o == "*") {
         layer.allow_origin(Any)

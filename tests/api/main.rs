@@ -4,4 +4,5 @@
 mod harness;
 
 mod charging;
+mod contract;
 mod demo;
