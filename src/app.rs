@@ -117,8 +117,13 @@ pub async fn start(
         tz: config.timezone.clone(),
         check_interval: config.charging.soc_check_interval,
     };
-    let (engine, handle, cmds) =
-        engine::new(engine_cfg, clock, store.clone(), dongle, loaded.state);
+    let (engine, handle, cmds) = engine::new(
+        engine_cfg,
+        clock.clone(),
+        store.clone(),
+        dongle,
+        loaded.state,
+    );
     let engine_task = tokio::spawn(engine.run(cmds, events_rx, shutdown.clone()));
 
     let api = ApiState {
@@ -127,6 +132,7 @@ pub async fn start(
         store,
         api_key: config.server.api_key.clone(),
         started: std::time::Instant::now(),
+        clock,
     };
     let router = http::router(api, &config.server.cors_origins, Duration::from_secs(120));
     let addr = listener.local_addr()?;

@@ -78,8 +78,9 @@ fn charging_power(st: &Status) -> Option<f64> {
     st.battery_power.filter(|p| st.is_charging() && *p > 0.0)
 }
 
-fn last_updated(st: &Status, tz: &TimeZone) -> String {
-    now_stamp(st.last_telemetry.unwrap_or_else(Timestamp::now), tz)
+/// When the dongle last reported, or now when it has not yet.
+fn last_updated(st: &Status, tz: &TimeZone, now: Timestamp) -> String {
+    now_stamp(st.last_telemetry.unwrap_or(now), tz)
 }
 
 #[derive(Serialize)]
@@ -93,14 +94,14 @@ pub struct ChargeStatus {
 }
 
 impl ChargeStatus {
-    pub fn of(st: &Status, tz: &TimeZone) -> ChargeStatus {
+    pub fn of(st: &Status, tz: &TimeZone, now: Timestamp) -> ChargeStatus {
         ChargeStatus {
             is_charging: st.is_charging(),
             current_soc: st.soc.map(|s| s.get()),
             target_soc: st.target_soc().map(|t| t.get()),
             charging_power: charging_power(st),
             scheduled_next: st.next_run().map(|t| scheduled_stamp(t, tz)),
-            last_updated: last_updated(st, tz),
+            last_updated: last_updated(st, tz, now),
         }
     }
 }
@@ -122,7 +123,7 @@ pub struct ChargingStatus {
 }
 
 impl ChargingStatus {
-    pub fn of(st: &Status, tz: &TimeZone) -> ChargingStatus {
+    pub fn of(st: &Status, tz: &TimeZone, now: Timestamp) -> ChargingStatus {
         let next = st.next_run();
         ChargingStatus {
             is_enabled: st.schedule.as_ref().is_some_and(|s| s.enabled),
@@ -144,7 +145,7 @@ impl ChargingStatus {
                 .as_ref()
                 .filter(|s| s.charging)
                 .map(|s| now_stamp(s.started_at, tz)),
-            last_updated: last_updated(st, tz),
+            last_updated: last_updated(st, tz, now),
             mqtt_connected: st.mqtt_connected,
         }
     }

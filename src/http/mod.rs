@@ -24,6 +24,9 @@ use crate::engine::{CommandError, EngineHandle, ScheduleInput};
 use crate::store::Store;
 use validate::{FieldError, StartTime};
 
+/// The longest `POST /api/charging/enable` waits for the start before answering.
+const ENABLE_WAIT: Duration = Duration::from_secs(45);
+
 /// Request bodies larger than this are refused with 413.
 pub const MAX_BODY: usize = 64 * 1024;
 
@@ -35,6 +38,8 @@ pub struct ApiState {
     pub store: Store,
     pub api_key: Option<Secret>,
     pub started: std::time::Instant,
+    /// The service's clock (the wall clock, or a test's manual one).
+    pub clock: crate::clock::Clock,
 }
 
 /// The whole API as a router.
@@ -254,11 +259,19 @@ async fn delete_schedule(State(s): State<Arc<ApiState>>) -> Result<Json<dto::Mes
 }
 
 async fn charge_status(State(s): State<Arc<ApiState>>) -> Json<dto::ChargeStatus> {
-    Json(dto::ChargeStatus::of(&s.engine.status(), &s.tz))
+    Json(dto::ChargeStatus::of(
+        &s.engine.status(),
+        &s.tz,
+        s.clock.now(),
+    ))
 }
 
 async fn charging_status(State(s): State<Arc<ApiState>>) -> Json<dto::ChargingStatus> {
-    Json(dto::ChargingStatus::of(&s.engine.status(), &s.tz))
+    Json(dto::ChargingStatus::of(
+        &s.engine.status(),
+        &s.tz,
+        s.clock.now(),
+    ))
 }
 
 async fn charging_enable(
@@ -267,7 +280,25 @@ async fn charging_enable(
 ) -> Result<Json<dto::EnableResponse>, ApiError> {
     let bytes = read_body(body).await?;
     let req = validate::parse_enable_request(&bytes).map_err(ApiError::validation)?;
-    let outcome = s.engine.charge_now(req.target_soc).await?;
+    // A dongle that answers slowly can make a start take minutes (each unanswered write
+    // waits, is read back and retried); the app's request would time out first. Past this
+    // bound the answer says where things stand and the start goes on.
+    let outcome = match tokio::time::timeout(ENABLE_WAIT, s.engine.charge_now(req.target_soc)).await
+    {
+        Ok(outcome) => outcome?,
+        Err(_) => {
+            let status = s.engine.status();
+            crate::engine::StartOutcome {
+                success: status.is_charging(),
+                message: if status.is_charging() {
+                    format!("Charging enabled to {}", req.target_soc)
+                } else {
+                    "Charging is still starting: the dongle is slow to confirm the settings. Check /api/charging/status".into()
+                },
+                status,
+            }
+        }
+    };
     Ok(Json(dto::EnableResponse {
         success: outcome.success,
         message: outcome.message,
