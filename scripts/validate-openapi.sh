@@ -59,10 +59,10 @@ http://* | https://*)
         rm -rf "$work"
     }
     trap cleanup EXIT
-    (cd "$root" && cargo build --quiet)
+    # A copy, so that another build into a shared target directory cannot swap it underneath.
+    (cd "$root" && cargo build --quiet && cp "$target/debug/solar-charging-backend" "$work/service")
     port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    "$target/debug/solar-charging-backend" demo --port "$port" --demo-data "$work/data" \
-        >"$work/log" 2>&1 &
+    "$work/service" demo --port "$port" --demo-data "$work/data" >"$work/log" 2>&1 &
     pid=$!
     for _ in $(seq 100); do
         curl -fsS "http://127.0.0.1:$port/openapi.json" -o "$work/openapi.json" 2>/dev/null && break

@@ -202,7 +202,7 @@ async fn health(State(s): State<Arc<ApiState>>) -> Json<dto::Health> {
     })
 }
 
-/// The schedule, or `null` when there is none.
+/// The schedule, or null when there is none.
 #[utoipa::path(get, path = "/api/charge/schedule", tag = "schedule",
     security((), ("bearer" = []), ("api_key" = [])),
     responses(
@@ -319,7 +319,7 @@ async fn charging_status(State(s): State<Arc<ApiState>>) -> Json<dto::ChargingSt
     Json(dto::ChargingStatus::of(&s.engine.status(), &s.tz))
 }
 
-/// Starts charging now to `target_soc`.
+/// Starts charging now to a target SOC.
 ///
 /// Same safety cutoff and stop rules as a scheduled charge; leaves a one-shot schedule for "now".
 /// If the dongle cannot be driven the answer is still 200, with `success: false`, a `message`
