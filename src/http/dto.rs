@@ -30,24 +30,42 @@ pub fn now_stamp(t: Timestamp, tz: &TimeZone) -> String {
     )
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"status": "ok", "mqtt_connected": true, "version": "1.0.0", "uptime_seconds": 12.5}))]
 pub struct Health {
+    /// Always `ok` while the service answers.
+    #[schema(example = "ok")]
     pub status: &'static str,
     pub mqtt_connected: bool,
+    /// The service's version.
+    #[schema(example = "1.0.0")]
     pub version: &'static str,
     pub uptime_seconds: f64,
 }
 
-#[derive(Serialize, Debug, PartialEq)]
+#[derive(Serialize, Debug, PartialEq, utoipa::ToSchema)]
+#[schema(example = json!({"target_soc": 85, "start_time": "02:30", "mode": "recurring", "enabled": true,
+    "next_run": "2025-12-27T02:30:00", "is_charging": false, "current_soc": 45}))]
 pub struct ScheduleResponse {
+    #[schema(minimum = 10, maximum = 100)]
     pub target_soc: u8,
+    /// The local start time of day, `HH:MM`.
+    #[schema(example = "02:30")]
     pub start_time: String,
+    #[schema(value_type = crate::http::openapi::Mode)]
     pub mode: &'static str,
     pub enabled: bool,
+    /// The next local occurrence (naive local, whole seconds); `null` when disabled or when a
+    /// `once` schedule has run.
+    #[schema(example = "2025-12-27T02:30:00")]
     pub next_run: Option<String>,
     pub is_charging: bool,
+    /// The last SOC from the dongle, `null` if none seen yet.
+    #[schema(maximum = 100)]
     pub current_soc: Option<u8>,
+    /// The weekdays of a recurring schedule; present only when set.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Vec<crate::http::openapi::Weekday>, required = false)]
     pub days: Option<Vec<&'static str>>,
 }
 
@@ -67,7 +85,8 @@ impl ScheduleResponse {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"success": true, "message": "Schedule cancelled"}))]
 pub struct Message {
     pub success: bool,
     pub message: String,
@@ -83,13 +102,22 @@ fn last_updated(st: &Status, tz: &TimeZone, now: Timestamp) -> String {
     now_stamp(st.last_telemetry.unwrap_or(now), tz)
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"is_charging": false, "current_soc": 45, "target_soc": 85, "charging_power": null,
+    "scheduled_next": "2025-12-27T02:30:00", "last_updated": "2025-12-26T10:30:00.123456"}))]
 pub struct ChargeStatus {
+    /// True from when `ACCharge=1` is written until `ACCharge=0` is written.
     pub is_charging: bool,
+    #[schema(maximum = 100)]
     pub current_soc: Option<u8>,
+    /// The schedule's target, else that of a charge starting or running, else `null`.
+    #[schema(minimum = 10, maximum = 100)]
     pub target_soc: Option<u8>,
+    /// Battery power in W (positive = charging) while a charge runs, else `null`.
     pub charging_power: Option<f64>,
+    /// The schedule's `next_run`, or `null`.
     pub scheduled_next: Option<String>,
+    /// When the dongle last reported, or now if it has not yet (naive local, microseconds).
     pub last_updated: String,
 }
 
@@ -106,19 +134,36 @@ impl ChargeStatus {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"is_enabled": true, "is_charging": true, "current_soc": 52, "target_soc": 80,
+    "charging_power": 3500.0, "battery_power": 3500.0, "mode": "once",
+    "scheduled_start": null, "scheduled_next": null,
+    "charge_started_at": "2026-01-03T01:58:45.123456", "last_updated": "2026-01-03T02:10:00.000001",
+    "mqtt_connected": true}))]
 pub struct ChargingStatus {
+    /// The schedule's `enabled` (false when there is none).
     pub is_enabled: bool,
     pub is_charging: bool,
+    #[schema(maximum = 100)]
     pub current_soc: Option<u8>,
+    #[schema(minimum = 10, maximum = 100)]
     pub target_soc: Option<u8>,
+    /// Battery power in W while charging and above 0, else `null`.
     pub charging_power: Option<f64>,
+    /// The last battery power in W (negative = discharging), or `null`.
     pub battery_power: Option<f64>,
+    /// The schedule's mode, or `null`.
+    #[schema(value_type = Option<crate::http::openapi::Mode>)]
     pub mode: Option<&'static str>,
+    /// The armed start time of day (`HH:MM`) while a run is armed.
     pub scheduled_start: Option<String>,
+    /// The next scheduled run (naive local, whole seconds), or `null`.
     pub scheduled_next: Option<String>,
+    /// When the running charge started (naive local, microseconds), or `null`.
     pub charge_started_at: Option<String>,
+    /// When the dongle last reported, or now if it has not yet (naive local, microseconds).
     pub last_updated: String,
+    /// The live broker connection state.
     pub mqtt_connected: bool,
 }
 
@@ -151,34 +196,54 @@ impl ChargingStatus {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"success": true, "message": "Charging enabled to 80%", "target_soc": 80,
+    "current_soc": 45, "is_charging": true}))]
 pub struct EnableResponse {
     pub success: bool,
     pub message: String,
+    #[schema(minimum = 10, maximum = 100)]
     pub target_soc: u8,
+    #[schema(maximum = 100)]
     pub current_soc: Option<u8>,
     pub is_charging: bool,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"success": true, "message": "Charging disabled", "stopped_at": "2026-01-03T01:58:45.123456"}))]
 pub struct DisableResponse {
     pub success: bool,
     pub message: String,
+    /// When the request was handled (naive local, microseconds).
     pub stopped_at: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"started_at": "2026-01-03T01:58:45.123456", "ended_at": "2026-01-03T03:12:10.000001",
+    "origin": "charge_now", "target_soc": 80, "start_soc": 45, "end_soc": 80,
+    "stop_reason": "target_reached", "detail": null, "energy_wh": 4120.5}))]
 pub struct HistoryEntry {
+    /// Naive local, microseconds.
     pub started_at: String,
+    /// Naive local, microseconds.
     pub ended_at: String,
+    #[schema(value_type = crate::http::openapi::Origin)]
     pub origin: &'static str,
+    #[schema(minimum = 10, maximum = 100)]
     pub target_soc: u8,
+    #[schema(maximum = 100)]
     pub start_soc: Option<u8>,
+    #[schema(maximum = 100)]
     pub end_soc: Option<u8>,
+    #[schema(value_type = Option<crate::http::openapi::StopReason>)]
     pub stop_reason: Option<&'static str>,
+    /// More about the stop, as a sentence.
     pub detail: Option<String>,
+    /// Energy put into the battery, in Wh, where known.
     pub energy_wh: Option<f64>,
+    /// Settings that could not be put back after the charge; present only when some failed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(required = false)]
     pub restore_failures: Vec<String>,
 }
 

@@ -2,6 +2,7 @@
 //! shapes and the FastAPI-style errors.
 
 pub mod dto;
+pub mod openapi;
 pub mod validate;
 
 use std::sync::Arc;
@@ -62,6 +63,7 @@ pub fn router(state: ApiState, cors_origins: &[String], request_timeout: Duratio
         )
         .route("/api/charging/status", get(charging_status))
         .route("/", get(root))
+        .merge(openapi::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
@@ -193,6 +195,11 @@ fn presented_key(h: &HeaderMap) -> Option<&str> {
         .then_some(token.trim())
 }
 
+/// Liveness and the broker connection.
+///
+/// Open also when an API key is configured.
+#[utoipa::path(get, path = "/api/health", tag = "status",
+    responses((status = 200, description = "The service is up.", body = dto::Health)))]
 async fn health(State(s): State<Arc<ApiState>>) -> Json<dto::Health> {
     Json(dto::Health {
         status: "ok",
@@ -202,11 +209,37 @@ async fn health(State(s): State<Arc<ApiState>>) -> Json<dto::Health> {
     })
 }
 
+/// The schedule, or null when there is none.
+#[utoipa::path(get, path = "/api/charge/schedule", tag = "schedule",
+    security((), ("bearer" = []), ("api_key" = [])),
+    responses(
+        (status = 200, description = "The schedule, or the JSON literal `null` when there is none.",
+            body = Option<dto::ScheduleResponse>),
+        (status = 401, response = openapi::Unauthorized),
+    ))]
 async fn get_schedule(State(s): State<Arc<ApiState>>) -> Json<Option<dto::ScheduleResponse>> {
     let st = s.engine.status();
     Json(dto::ScheduleResponse::of(&st, &s.tz))
 }
 
+/// Sets the one schedule, replacing any other.
+///
+/// Persisted before the answer is sent. A POST while a charge runs does not abort it: the running
+/// charge takes the new target (and stops at once if it is already reached); `enabled: false`
+/// stops it.
+#[utoipa::path(post, path = "/api/charge/schedule", tag = "schedule",
+    security((), ("bearer" = []), ("api_key" = [])),
+    request_body(content = openapi::ScheduleRequest, content_type = "application/json",
+        description = "The schedule. `target_soc` and `start_time` are required."),
+    responses(
+        (status = 200, description = "The schedule as saved, with its next run.",
+            body = dto::ScheduleResponse),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 413, response = openapi::PayloadTooLarge),
+        (status = 422, response = openapi::Invalid),
+        (status = 500, response = openapi::NotSaved),
+        (status = 503, response = openapi::ShuttingDown),
+    ))]
 async fn post_schedule(
     State(s): State<Arc<ApiState>>,
     body: Body,
@@ -246,6 +279,19 @@ async fn post_schedule(
         })
 }
 
+/// Cancels the schedule and stops any running charge.
+///
+/// Always 200, also when there was no schedule.
+#[utoipa::path(delete, path = "/api/charge/schedule", tag = "schedule",
+    security((), ("bearer" = []), ("api_key" = [])),
+    responses(
+        (status = 200, description = "The schedule is gone. `success` is false, with the reason \
+            in `message`, when a running charge could not be stopped cleanly.",
+            body = dto::Message),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 500, response = openapi::NotSaved),
+        (status = 503, response = openapi::ShuttingDown),
+    ))]
 async fn delete_schedule(State(s): State<Arc<ApiState>>) -> Result<Json<dto::Message>, ApiError> {
     let outcome = s.engine.cancel_schedule().await?;
     Ok(Json(dto::Message {
@@ -258,6 +304,13 @@ async fn delete_schedule(State(s): State<Arc<ApiState>>) -> Result<Json<dto::Mes
     }))
 }
 
+/// The charge state, as the original app reads it.
+#[utoipa::path(get, path = "/api/charge/status", tag = "status",
+    security((), ("bearer" = []), ("api_key" = [])),
+    responses(
+        (status = 200, description = "The charge state.", body = dto::ChargeStatus),
+        (status = 401, response = openapi::Unauthorized),
+    ))]
 async fn charge_status(State(s): State<Arc<ApiState>>) -> Json<dto::ChargeStatus> {
     Json(dto::ChargeStatus::of(
         &s.engine.status(),
@@ -266,6 +319,13 @@ async fn charge_status(State(s): State<Arc<ApiState>>) -> Json<dto::ChargeStatus
     ))
 }
 
+/// The charge state, as the app's "backend as source of truth" screens read it.
+#[utoipa::path(get, path = "/api/charging/status", tag = "charging",
+    security((), ("bearer" = []), ("api_key" = [])),
+    responses(
+        (status = 200, description = "The charge state.", body = dto::ChargingStatus),
+        (status = 401, response = openapi::Unauthorized),
+    ))]
 async fn charging_status(State(s): State<Arc<ApiState>>) -> Json<dto::ChargingStatus> {
     Json(dto::ChargingStatus::of(
         &s.engine.status(),
@@ -274,6 +334,31 @@ async fn charging_status(State(s): State<Arc<ApiState>>) -> Json<dto::ChargingSt
     ))
 }
 
+/// Starts charging now to a target SOC.
+///
+/// Same safety cutoff and stop rules as a scheduled charge; leaves a one-shot schedule for "now".
+/// If the dongle cannot be driven the answer is still 200, with `success: false`, a `message`
+/// that says what failed and `is_charging: false`; settings already written are rolled back.
+#[utoipa::path(post, path = "/api/charging/enable", tag = "charging",
+    security((), ("bearer" = []), ("api_key" = [])),
+    request_body(content = openapi::EnableRequest, content_type = "application/json",
+        description = "The SOC to charge to."),
+    responses(
+        (status = 200, description = "Charging started (`success: true`), or not, with the \
+            reason in `message`.", body = dto::EnableResponse,
+            examples(
+                ("started" = (value = json!({"success": true, "message": "Charging enabled to 80%",
+                    "target_soc": 80, "current_soc": 45, "is_charging": true}))),
+                ("failed" = (value = json!({"success": false,
+                    "message": "Charging could not be started: could not set ACChgSOCLimit to 80: not connected to the MQTT broker",
+                    "target_soc": 80, "current_soc": 45, "is_charging": false}))),
+            )),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 413, response = openapi::PayloadTooLarge),
+        (status = 422, response = openapi::Invalid),
+        (status = 500, response = openapi::NotSaved),
+        (status = 503, response = openapi::ShuttingDown),
+    ))]
 async fn charging_enable(
     State(s): State<Arc<ApiState>>,
     body: Body,
@@ -308,6 +393,16 @@ async fn charging_enable(
     }))
 }
 
+/// Stops charging now and cancels the schedule.
+#[utoipa::path(post, path = "/api/charging/disable", tag = "charging",
+    security((), ("bearer" = []), ("api_key" = [])),
+    responses(
+        (status = 200, description = "Charging stopped (`success: true`), or not, with the \
+            reason in `message`.", body = dto::DisableResponse),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 500, response = openapi::NotSaved),
+        (status = 503, response = openapi::ShuttingDown),
+    ))]
 async fn charging_disable(
     State(s): State<Arc<ApiState>>,
 ) -> Result<Json<dto::DisableResponse>, ApiError> {
@@ -319,6 +414,16 @@ async fn charging_disable(
     }))
 }
 
+/// The last 100 finished charges, newest first.
+#[utoipa::path(get, path = "/api/charge/history", tag = "charging",
+    security((), ("bearer" = []), ("api_key" = [])),
+    responses(
+        (status = 200, description = "Finished charges, newest first (at most 100).",
+            body = Vec<dto::HistoryEntry>),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 500, description = "The history file could not be read.",
+            body = openapi::HttpError),
+    ))]
 async fn history(State(s): State<Arc<ApiState>>) -> Result<Json<Vec<dto::HistoryEntry>>, ApiError> {
     let store = s.store.clone();
     let records = tokio::task::spawn_blocking(move || store.history(100))
@@ -343,6 +448,16 @@ async fn history(State(s): State<Arc<ApiState>>) -> Result<Json<Vec<dto::History
     ))
 }
 
+/// A status overview: a dashboard for browsers, JSON for anything else.
+///
+/// `Accept: text/html` gets the dashboard page; other clients get the JSON overview.
+#[utoipa::path(get, path = "/", tag = "status",
+    responses(
+        (status = 200, description = "The overview.", content(
+            (openapi::Overview = "application/json"),
+            (String = "text/html"),
+        )),
+    ))]
 async fn root(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
     let wants_html = headers
         .get(header::ACCEPT)

@@ -6,3 +6,4 @@ mod harness;
 mod charging;
 mod contract;
 mod demo;
+mod docs;

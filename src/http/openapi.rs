@@ -1,0 +1,385 @@
+//! The OpenAPI document (`GET /openapi.json`) and the Swagger UI (`GET /docs`), both served from
+//! the binary so they work on a LAN with no internet access.
+//!
+//! The document is generated from the handlers' `#[utoipa::path]` attributes and the wire shapes
+//! in [`super::dto`]. Request bodies are parsed by hand in [`super::validate`] (to answer in
+//! FastAPI's 422 shape), so the schemas below describe what that parser accepts; they are never
+//! used to parse anything.
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToResponse, ToSchema};
+use utoipa_swagger_ui::{Config, SwaggerUi};
+
+use super::{ApiError, dto};
+
+/// Where the interactive documentation is served.
+pub const DOCS_PATH: &str = "/docs";
+/// Where the OpenAPI document is served.
+pub const SPEC_PATH: &str = "/openapi.json";
+
+/// Names of the security schemes, as operations refer to them.
+pub const BEARER: &str = "bearer";
+pub const API_KEY_HEADER: &str = "api_key";
+
+const DESCRIPTION: &str = "\
+Grid-charges a LuxPower/EG4 battery to a chosen state of charge (SOC) at a scheduled local time, \
+through a Monitor My Solar dongle spoken to over MQTT.
+
+**Time on the wire.** Datetimes are naive local wall-clock time (the configured `timezone:`, else \
+the system zone) in ISO 8601 without offset: scheduled instants with whole seconds \
+(`2025-12-27T02:30:00`), \"now\"-type stamps (`last_updated`, `stopped_at`, `charge_started_at`) \
+with microseconds (`2025-12-26T10:30:00.123456`).
+
+**Errors.** An invalid request body answers 422 with FastAPI's `{\"detail\": [...]}` list, one \
+entry per problem. Other errors answer `{\"detail\": \"...\"}`: 401 without a valid API key, 404 \
+for an unknown path, 405 for a wrong method, 413 for a body over 64 KiB.
+
+**API key.** When `server.api_key` (or env `API_KEY`) is set, every `/api/*` path except \
+`/api/health` needs `Authorization: Bearer <key>` or `X-API-Key: <key>`. Use **Authorize** to \
+send it from this page. Without a configured key the API is open.";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Solar charging backend",
+        description = DESCRIPTION,
+        license(name = "MIT", identifier = "MIT"),
+    ),
+    paths(
+        super::health,
+        super::get_schedule,
+        super::post_schedule,
+        super::delete_schedule,
+        super::charge_status,
+        super::history,
+        super::charging_enable,
+        super::charging_disable,
+        super::charging_status,
+        super::root,
+    ),
+    components(
+        schemas(HttpError, ValidationError, ValidationIssue, LocItem, Mode, Weekday),
+        responses(
+            Unauthorized,
+            NotFound,
+            MethodNotAllowed,
+            PayloadTooLarge,
+            Invalid,
+            NotSaved,
+            ShuttingDown
+        ),
+    ),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "status", description = "Service health and the charge state."),
+        (name = "schedule", description = "The one charge schedule."),
+        (name = "charging", description = "Charge now, stop now, and the charge state the app shows."),
+    ),
+)]
+pub struct ApiDoc;
+
+/// The two ways of presenting the optional API key.
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            BEARER,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The configured API key as `Authorization: Bearer <key>`. Needed only \
+                         when the service has `server.api_key` set.",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            API_KEY_HEADER,
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-API-Key",
+                "The configured API key as `X-API-Key: <key>`. Needed only when the service \
+                 has `server.api_key` set.",
+            ))),
+        );
+    }
+}
+
+/// The generated document.
+pub fn document() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").into();
+    doc
+}
+
+/// `GET /openapi.json` and the Swagger UI under `GET /docs/`.
+///
+/// `/docs` redirects to `/docs/` so that the page's relative asset paths resolve under it. An
+/// unknown file under `/docs/` answers the contract's 404 instead of an empty body.
+pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    let config = Config::new([SPEC_PATH])
+        // The default validator badge is an image from a public host: nothing leaves the LAN.
+        .validator_url("none")
+        // A key entered under "Authorize" survives a page reload.
+        .persist_authorization(true)
+        .try_it_out_enabled(true)
+        .display_request_duration(true);
+    Router::from(
+        SwaggerUi::new(DOCS_PATH)
+            .url(SPEC_PATH, document())
+            .config(config),
+    )
+    .layer(axum::middleware::map_response(not_found_in_contract_shape))
+}
+
+async fn not_found_in_contract_shape(response: Response) -> Response {
+    if response.status() == StatusCode::NOT_FOUND {
+        ApiError::detail(StatusCode::NOT_FOUND, "Not Found").into_response()
+    } else {
+        response
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request bodies, as `validate` accepts them.
+
+/// The body of `POST /api/charge/schedule`.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"target_soc": 85, "start_time": "02:30", "mode": "recurring", "enabled": true}))]
+pub struct ScheduleRequest {
+    /// The SOC to charge to, in percent. Numeric strings (`"85"`) are accepted too.
+    #[schema(minimum = 10, maximum = 100, example = 85)]
+    pub target_soc: u8,
+    /// When to start, local time: `"HH:MM"`, 24-hour, two digits each (`00:00`..`23:59`).
+    /// Also accepted: an ISO 8601 datetime **with** offset (`"2026-03-08T02:30:00-08:00"`): the
+    /// first run is at that instant, and a recurring schedule then repeats at that local time of
+    /// day. A datetime without offset is refused (it is ambiguous around DST changes).
+    // `[0-9]` rather than `\d`, so that every regex dialect reads the pattern alike.
+    #[schema(
+        pattern = "^(([01][0-9]|2[0-3]):[0-5][0-9]|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]+)?)?([Zz]|[+-][0-9]{2}(:?[0-9]{2})?))$",
+        example = "02:30"
+    )]
+    pub start_time: String,
+    /// `once` runs at the next occurrence and is then gone; `recurring` repeats.
+    #[schema(required = false, default = "recurring")]
+    pub mode: Mode,
+    /// A disabled schedule is kept but never runs (`next_run` is `null`); disabling stops a
+    /// running charge.
+    #[schema(required = false, default = true)]
+    pub enabled: bool,
+    /// Weekdays a recurring schedule runs on; absent or `null` = every day. At least one day.
+    #[schema(min_items = 1, example = json!(["mon", "wed", "fri"]))]
+    pub days: Option<Vec<Weekday>>,
+}
+
+/// The body of `POST /api/charging/enable`.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"target_soc": 80}))]
+pub struct EnableRequest {
+    /// The SOC to charge to, in percent.
+    #[schema(minimum = 10, maximum = 100, example = 80)]
+    pub target_soc: u8,
+}
+
+/// A schedule's mode.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Once,
+    Recurring,
+}
+
+/// A day of the week.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Weekday {
+    Mon,
+    Tue,
+    Wed,
+    Thu,
+    Fri,
+    Sat,
+    Sun,
+}
+
+/// How a finished charge was started.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    Schedule,
+    ChargeNow,
+}
+
+/// Why a charge stopped.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// The battery reached the target SOC.
+    TargetReached,
+    /// The safety cutoff (a maximum charge duration) ended it.
+    Cutoff,
+    /// Cancelled through the API.
+    Cancelled,
+    /// The dongle stopped reporting.
+    StaleData,
+    /// Charging power tapered off near the target.
+    Taper,
+    /// The SOC stopped rising.
+    Stalled,
+    /// A write to the inverter failed.
+    WriteFailed,
+    /// The inverter's charge settings were changed outside this service.
+    ExternalOverride,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors.
+
+/// An error other than a validation failure.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"detail": "Not Found"}))]
+pub struct HttpError {
+    /// What went wrong, as a sentence.
+    pub detail: String,
+}
+
+/// FastAPI's validation error: one entry per problem in the request body.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"detail": [{"type": "less_than_equal", "loc": ["body", "target_soc"],
+    "msg": "Input should be less than or equal to 100", "input": 101, "ctx": {"le": 100}}]}))]
+pub struct ValidationError {
+    pub detail: Vec<ValidationIssue>,
+}
+
+/// One problem in a request body.
+#[derive(Serialize, ToSchema)]
+pub struct ValidationIssue {
+    /// A short code: `missing`, `int_type`, `int_parsing`, `greater_than_equal`,
+    /// `less_than_equal`, `string_type`, `string_pattern_mismatch`, `literal_error`,
+    /// `bool_parsing`, `list_type`, `too_short`, `json_invalid`, `value_error`, ...
+    #[serde(rename = "type")]
+    #[schema(example = "less_than_equal")]
+    pub kind: String,
+    /// Where the problem is: `["body", "target_soc"]`, `["body", "days", 2]`, or
+    /// `["body", 17]` (a byte offset) for malformed JSON.
+    #[schema(example = json!(["body", "target_soc"]))]
+    pub loc: Vec<LocItem>,
+    /// A plain sentence.
+    #[schema(example = "Input should be less than or equal to 100")]
+    pub msg: String,
+    /// The offending value (the whole body for a missing field).
+    pub input: serde_json::Value,
+    /// Details of the rule, e.g. `{"le": 100}` or `{"pattern": "..."}`; absent when there are
+    /// none.
+    #[schema(value_type = Object, required = false)]
+    pub ctx: serde_json::Value,
+}
+
+/// A field name or a list index.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum LocItem {
+    Name(String),
+    Index(u64),
+}
+
+/// The API key is configured and the request did not present it.
+#[derive(ToResponse)]
+#[response(
+    description = "No valid API key: the service has `server.api_key` set and the request \
+                   carries neither `Authorization: Bearer <key>` nor `X-API-Key: <key>`.",
+    example = json!({"detail": "Not authenticated"}),
+    headers(("WWW-Authenticate" = String, description = "`Bearer`"))
+)]
+pub struct Unauthorized(pub HttpError);
+
+/// No such path.
+#[derive(ToResponse)]
+#[response(
+    description = "Unknown path.",
+    example = json!({"detail": "Not Found"})
+)]
+pub struct NotFound(pub HttpError);
+
+/// The path exists, with other methods.
+#[derive(ToResponse)]
+#[response(
+    description = "The path does not take this method.",
+    example = json!({"detail": "Method Not Allowed"})
+)]
+pub struct MethodNotAllowed(pub HttpError);
+
+/// The body is over the limit.
+#[derive(ToResponse)]
+#[response(
+    description = "Request body over 64 KiB.",
+    example = json!({"detail": "Request body too large: the limit is 64 KiB"})
+)]
+pub struct PayloadTooLarge(pub HttpError);
+
+/// The body is not acceptable.
+#[derive(ToResponse)]
+#[response(
+    description = "Invalid request body: malformed JSON, a wrong type, a missing required \
+                   field, a value out of range, a bad `start_time` or an unknown `mode`. One \
+                   entry per problem.",
+    example = json!({"detail": [{"type": "less_than_equal", "loc": ["body", "target_soc"],
+        "msg": "Input should be less than or equal to 100", "input": 101, "ctx": {"le": 100}}]})
+)]
+pub struct Invalid(pub ValidationError);
+
+/// The change could not be saved.
+#[derive(ToResponse)]
+#[response(
+    description = "The change could not be saved (data directory not writable, disk full), \
+                   so it was not made.",
+    example = json!({"detail": "The change could not be saved, so it was not made: ..."})
+)]
+pub struct NotSaved(pub HttpError);
+
+/// The service is stopping.
+#[derive(ToResponse)]
+#[response(
+    description = "The service is shutting down; try again in a moment.",
+    example = json!({"detail": "The service is shutting down; try again in a moment."})
+)]
+pub struct ShuttingDown(pub HttpError);
+
+// ---------------------------------------------------------------------------------------------
+// `GET /` for non-browser clients (built as a `serde_json::Value` in `dto::overview`).
+
+/// The service at a glance.
+#[derive(Serialize, ToSchema)]
+pub struct Overview {
+    #[schema(example = "solar-charging-backend")]
+    pub name: String,
+    #[schema(example = "1.0.0")]
+    pub version: String,
+    #[schema(example = "running")]
+    pub status: String,
+    pub mqtt_connected: bool,
+    pub charging: OverviewCharging,
+    /// The schedule, as `GET /api/charge/schedule` shows it.
+    pub schedule: Option<dto::ScheduleResponse>,
+    /// Where the interactive documentation is.
+    #[schema(example = "/docs")]
+    pub docs: String,
+    /// Name -> `"METHOD /path"` of each API endpoint.
+    #[schema(example = json!({"health": "GET /api/health"}))]
+    pub api_endpoints: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OverviewCharging {
+    pub is_charging: bool,
+    #[schema(maximum = 100)]
+    pub current_soc: Option<u8>,
+    /// When the running charge started (naive local, microseconds).
+    pub started_at: Option<String>,
+}
