@@ -98,6 +98,7 @@ pub async fn start(
     clock: Clock,
     listener: TcpListener,
 ) -> anyhow::Result<App> {
+    crate::metrics::init();
     let store = Store::open(data_dir)
         .with_context(|| format!("the data directory {} is not usable", data_dir.display()))?;
     let loaded = store.load(clock.now(), &config.timezone);

@@ -469,6 +469,7 @@ impl Engine {
         } else {
             warn!(reason = reason.as_str(), failures = ?s.restore_failures, "charge session ended, but some settings could not be restored: {detail}");
         }
+        crate::metrics::session_ended(reason.as_str());
         if let Err(e) = self.store.append_history(&record) {
             error!("the charge history could not be written: {e}");
         }

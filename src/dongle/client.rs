@@ -351,7 +351,17 @@ impl Writer {
                 },
                 cmd = cmds.recv() => match cmd {
                     Some(Command::Write { setting, value, reply }) => {
+                        let began = self.clock.mono();
                         let result = self.write(&setting, value).await;
+                        crate::metrics::write_done(
+                            match &result {
+                                WriteResult::Confirmed => "confirmed",
+                                WriteResult::Rejected(_) => "rejected",
+                                WriteResult::Unknown(_) => "unknown",
+                                WriteResult::NotSent(_) => "not_sent",
+                            },
+                            self.clock.mono().saturating_since(began),
+                        );
                         let _ = reply.send(result);
                     }
                     Some(Command::Snapshot { settings, reply }) => {

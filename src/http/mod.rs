@@ -63,6 +63,7 @@ pub fn router(state: ApiState, cors_origins: &[String], request_timeout: Duratio
         )
         .route("/api/charging/status", get(charging_status))
         .route("/", get(root))
+        .route("/metrics", get(metrics))
         .merge(openapi::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -471,4 +472,17 @@ async fn root(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
             .into_response();
     }
     Json(dto::overview(&s.engine.status(), &s.tz)).into_response()
+}
+
+/// Prometheus text format (outside `/api/*`, so scrapers need no key).
+async fn metrics(State(s): State<Arc<ApiState>>) -> Response {
+    let body = crate::metrics::render(&s.engine.status(), s.clock.now());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }

@@ -127,3 +127,52 @@ async fn the_safety_cutoff_stops_a_charge_that_never_reaches_its_target() {
     assert_eq!(history[0]["stop_reason"], "cutoff");
     assert_eq!(w.hold("ACChgEnd"), Some(HoldValue::Time(0, 0)));
 }
+
+#[tokio::test]
+async fn metrics_show_the_battery_the_charge_and_the_writes_in_prometheus_format() {
+    let w = World::start(Setup::default()).await;
+    let (_, body) = w
+        .post("/api/charging/enable", json!({"target_soc": 52}))
+        .await;
+    assert_eq!(body["success"], true);
+    let text = w
+        .http
+        .get(format!("{}/metrics", w.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name} missing in:\n{text}"))
+    };
+    assert_eq!(value("solar_soc_percent"), 50.0);
+    assert_eq!(value("solar_charging"), 1.0);
+    assert_eq!(value("solar_mqtt_connected"), 1.0);
+    assert!(
+        text.contains("solar_dongle_writes_total{outcome=\"confirmed\"}"),
+        "{text}"
+    );
+    assert!(text.contains("solar_dongle_write_seconds_bucket"), "{text}");
+    w.run_until(MIN, Duration::from_secs(3600), |s| !ac_on(s))
+        .await;
+    w.wait_status(|s| s.session.is_none()).await;
+    let text = w
+        .http
+        .get(format!("{}/metrics", w.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("solar_sessions_total{reason=\"target_reached\"}"),
+        "{text}"
+    );
+}
