@@ -191,6 +191,7 @@ pub struct Engine {
     stop_waiters: Vec<(Timestamp, oneshot::Sender<StopOutcome>)>,
     /// What was last written to disk, to save only on change.
     saved: Option<State>,
+    bad_values: crate::logging::Throttle,
 }
 
 /// Builds the engine from the stored state and returns it with its handle. Nothing runs until
@@ -230,6 +231,7 @@ pub fn new(
         start_waiters: Vec::new(),
         stop_waiters: Vec::new(),
         saved: None,
+        bad_values: crate::logging::Throttle::per_minute(),
     };
     let handle = EngineHandle {
         cmds: cmd_tx,
@@ -501,7 +503,9 @@ impl Engine {
             Message::Telemetry(fields) => {
                 let t = codec::telemetry(&fields);
                 if !t.rejected.is_empty() {
-                    warn!(values = ?t.rejected, "ignored out-of-range telemetry values");
+                    if let Some(held) = self.bad_values.allow(now.mono) {
+                        warn!(values = ?t.rejected, more_since_last_warning = held, "ignored out-of-range telemetry values");
+                    }
                 }
                 self.status.send_modify(|s| {
                     if t.soc.is_some() {

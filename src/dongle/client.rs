@@ -215,6 +215,7 @@ async fn connection_task(
     let filter = format!("{prefix}/#");
     let mut backoff = BACKOFF_MIN;
     let mut failures = 0u32;
+    let mut bad_messages = crate::logging::Throttle::per_minute();
     loop {
         let polled = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -282,7 +283,9 @@ async fn connection_task(
                         }
                     }
                     Err(e) => {
-                        warn!(topic = %topic, "dropped a dongle message: {e}");
+                        if let Some(held) = bad_messages.allow(clock.mono().0) {
+                            warn!(topic = %topic, more_since_last_warning = held, "dropped a dongle message: {e}");
+                        }
                         let _ = events.send(DongleEvent::Undecodable).await;
                     }
                 }
