@@ -509,15 +509,22 @@ impl Session {
             return;
         }
         // LuxPower never reports 100 %: near the top the BMS tapers the power to ~0.
-        let tapering = self.target.get() >= 98
-            && soc.is_some_and(|s| s.get() >= 97)
-            && self.rt.last_power.is_some_and(|(p, _)| p <= TAPER_POWER_W);
+        let tapering =
+            self.near_the_top() && self.rt.last_power.is_some_and(|(p, _)| p <= TAPER_POWER_W);
         if tapering {
             self.rt.low_power_since.get_or_insert(now.mono);
         } else {
             self.rt.low_power_since = None;
         }
         self.on_tick(now);
+    }
+
+    /// A charge to 98-100 % whose SOC is at 97 or more: where the BMS tapers the power and the
+    /// SOC creeps (or sits at 99, which is as high as LuxPower reports). The taper rule ends
+    /// such a charge; the stall rule does not apply, because a flat SOC is what a full battery
+    /// looks like there.
+    fn near_the_top(&self) -> bool {
+        self.target.get() >= 98 && self.last_soc.is_some_and(|s| s.get() >= 97)
     }
 
     /// Any message from the dongle: it is alive.
@@ -604,6 +611,7 @@ impl Session {
             return;
         }
         if let Some((best, at)) = self.rt.best_soc
+            && !self.near_the_top()
             && now.mono.saturating_sub(at) >= self.rt.params.stall_after
         {
             self.begin_stop(
@@ -745,11 +753,13 @@ impl Session {
                         .low_power_since
                         .map(|t| t + self.rt.params.taper_after),
                 );
-                consider(
-                    self.rt
-                        .best_soc
-                        .map(|(_, t)| t + self.rt.params.stall_after),
-                );
+                if !self.near_the_top() {
+                    consider(
+                        self.rt
+                            .best_soc
+                            .map(|(_, t)| t + self.rt.params.stall_after),
+                    );
+                }
             }
             Phase::Stopping => consider(self.rt.retry_at),
             _ => consider(self.rt.started.map(|s| s + self.rt.params.cutoff)),
@@ -1443,6 +1453,26 @@ mod tests {
         );
         let s = tapering(100, 97, |_| 20.0, 10);
         assert_stopped_for(&s, StopReason::Taper);
+    }
+
+    #[test]
+    fn near_the_top_a_flat_soc_ends_as_taper_and_not_as_a_stall() {
+        // SOC 99 from minute 60: the power falls below 50 W only 25 minutes later, by when
+        // the SOC has been flat for longer than a stall takes.
+        let power = |m: u64| {
+            if m < 25 {
+                400.0 - 14.0 * m as f64
+            } else {
+                20.0
+            }
+        };
+        let s = tapering(100, 99, power, 34);
+        assert_eq!(s.phase, Phase::Charging, "{:?}", s.detail);
+        let s = tapering(100, 99, power, 35);
+        assert_stopped_for(&s, StopReason::Taper);
+        // Below the taper zone a flat SOC is still a stall.
+        let s = tapering(100, 96, |_| 2000.0, 30);
+        assert_stopped_for(&s, StopReason::Stalled);
     }
 
     #[test]
