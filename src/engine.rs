@@ -564,11 +564,12 @@ impl Engine {
             }
             Message::SettingUpdated(fields) => {
                 if let Some(s) = &mut self.session {
+                    let before = s.stop_reason;
                     for (name, raw) in fields.iter() {
                         let value = codec::setting_value(raw, value_like(name));
                         s.on_setting_changed(now, name, value);
                     }
-                    if s.stop_reason == Some(StopReason::ExternalOverride) {
+                    if before.is_none() && s.stop_reason == Some(StopReason::ExternalOverride) {
                         warn!("{}", s.detail.clone().unwrap_or_default());
                     }
                 }

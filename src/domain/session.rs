@@ -545,7 +545,8 @@ impl Session {
 
     /// A confirmed change of a setting (`setting/updated`) that the session did not make
     /// itself: if another app switches AC charging off or moves the window while charging, the
-    /// user has taken over and the session ends without fighting them.
+    /// user has taken over and the session ends without fighting them: their change stays, the
+    /// session's other changes are put back.
     pub fn on_setting_changed(&mut self, now: Now, setting: &str, value: Option<SettingValue>) {
         if let Some(w) = &self.in_flight
             && w.setting.eq_ignore_ascii_case(setting)
@@ -563,19 +564,48 @@ impl Session {
         let ours = self.start_plan[..self.start_done]
             .iter()
             .find(|w| w.setting != SOC_LIMIT && w.setting.eq_ignore_ascii_case(setting));
-        let overridden = ours.is_some_and(|w| value != Some(w.value));
-        if overridden {
-            let shown = value.map_or("an unreadable value".to_string(), |v| v.to_string());
-            self.stop_reason = Some(StopReason::ExternalOverride);
-            self.detail = Some(format!(
-                "{setting} was changed to {shown} by another app; leaving the inverter to it"
-            ));
-            self.charging = false;
-            self.stop_plan.clear();
-            self.stop_done = 0;
-            self.ended_at = Some(now.wall);
-            self.phase = Phase::Done;
+        let Some(ours) = ours.filter(|w| value != Some(w.value)).cloned() else {
+            return;
+        };
+        let shown = value.map_or("an unreadable value".to_string(), |v| v.to_string());
+        // The other app's setting is theirs now (both ends of a window it moved), and so is
+        // the master switch: `ACCharge` is neither switched off nor back on. What else the
+        // session changed is its own leftover and is put back, so that the inverter is left
+        // as found apart from what the other app chose.
+        let theirs: Vec<&str> = WINDOWS
+            .iter()
+            .find(|(s, e)| *s == ours.setting || *e == ours.setting)
+            .map_or(vec![ours.setting.as_str()], |(s, e)| vec![*s, *e]);
+        let mut restore: Vec<String> = self
+            .touched
+            .iter()
+            .filter(|t| *t != AC_CHARGE && !theirs.contains(&t.as_str()))
+            .cloned()
+            .collect();
+        if let Some(w) = self.in_flight.take()
+            && w.setting != AC_CHARGE
+            && !theirs.contains(&w.setting.as_str())
+            && !restore.contains(&w.setting)
+        {
+            restore.push(w.setting);
         }
+        self.stop_reason = Some(StopReason::ExternalOverride);
+        self.detail = Some(format!(
+            "{} was changed to {shown} by another app; the charge ended without undoing that",
+            ours.setting
+        ));
+        self.charging = false;
+        self.ended_at = Some(now.wall);
+        self.extra_writes.clear();
+        self.stop_plan = stop_plan(&restore, self.snapshot.as_ref(), false);
+        self.stop_done = 0;
+        self.rt.attempts = 0;
+        self.rt.retry_at = None;
+        self.phase = if self.stop_plan.is_empty() {
+            Phase::Done
+        } else {
+            Phase::Stopping
+        };
     }
 
     /// Time passed: checks the cutoff, stale data, taper and stall.
@@ -1570,28 +1600,43 @@ mod tests {
     // --- external override ---
 
     #[test]
-    fn another_app_switching_ac_charge_off_ends_the_session_without_further_writes() {
+    fn another_app_switching_ac_charge_off_ends_the_session_and_the_rest_is_put_back() {
         let mut s = charging(80);
         let t1 = after(t0(), mins(20));
         s.on_setting_changed(t1, "accharge", Some(SettingValue::Int(0)));
-        assert_eq!(s.phase, Phase::Done);
-        assert_eq!(s.stop_reason, Some(StopReason::ExternalOverride));
+        assert_stopped_for(&s, StopReason::ExternalOverride);
+        assert!(
+            s.detail
+                .as_deref()
+                .unwrap()
+                .starts_with("ACCharge was changed to 0")
+        );
         assert_eq!(s.ended_at, Some(t1.wall));
         assert!(!s.is_charging());
-        assert_eq!(run_writes(&mut s, t1, confirm_all), []);
+        assert_eq!(
+            run_writes(&mut s, t1, confirm_all),
+            expected_stop()[1..],
+            "no ACCharge write of its own, the other settings as found"
+        );
+        assert!(s.is_finished());
     }
 
     #[test]
-    fn another_app_moving_our_window_ends_the_session() {
+    fn another_app_moving_our_window_keeps_its_window_and_gets_the_rest_back() {
         let mut s = charging(80);
-        s.on_setting_changed(
-            after(t0(), mins(20)),
-            "ACChgEnd",
-            Some(SettingValue::Time(hhmm("06:00"))),
-        );
+        let t1 = after(t0(), mins(20));
+        s.on_setting_changed(t1, "ACChgEnd", Some(SettingValue::Time(hhmm("06:00"))));
         assert_eq!(s.stop_reason, Some(StopReason::ExternalOverride));
         assert!(s.detail.as_deref().unwrap().contains("06:00"));
-        assert_eq!(run_writes(&mut s, after(t0(), mins(20)), confirm_all), []);
+        assert_eq!(
+            run_writes(&mut s, t1, confirm_all),
+            [
+                set(SOC_LIMIT, 100),
+                set(CHARGE_TYPE, 0),
+                set(BAT_CHG_CONTROL, 1)
+            ],
+            "neither end of the moved window, nor ACCharge"
+        );
     }
 
     #[test]
@@ -1605,7 +1650,31 @@ mod tests {
         assert!(s.is_charging());
         s.on_setting_changed(after(t0(), mins(5)), AC_CHARGE, Some(SettingValue::Int(0)));
         assert_eq!(s.stop_reason, Some(StopReason::ExternalOverride));
-        assert_eq!(run_writes(&mut s, after(t0(), mins(5)), confirm_all), []);
+        let restore = run_writes(&mut s, after(t0(), mins(5)), confirm_all);
+        assert_eq!(restore, expected_stop()[1..]);
+        assert!(
+            restore.iter().all(|w| w.setting != AC_CHARGE),
+            "not switched back on against the other app"
+        );
+    }
+
+    #[test]
+    fn an_override_during_the_start_puts_back_what_the_start_wrote() {
+        let mut s = new_session(80, 40);
+        s.on_snapshot(t0(), Some(found()), &la());
+        for _ in 0..2 {
+            s.next_write(t0()).unwrap();
+            s.on_write_result(t0(), WriteResult::Confirmed);
+        }
+        // The charge-type write is done; another app sets it back while the next is in flight.
+        assert_eq!(s.next_write(t0()), Some(set(BAT_CHG_CONTROL, 0)));
+        s.on_setting_changed(t0(), CHARGE_TYPE, Some(SettingValue::Int(0)));
+        assert_eq!(s.stop_reason, Some(StopReason::ExternalOverride));
+        assert_eq!(
+            run_writes(&mut s, t0(), confirm_all),
+            [set(SOC_LIMIT, 100), set(BAT_CHG_CONTROL, 1)]
+        );
+        assert!(s.is_finished());
     }
 
     #[test]
