@@ -506,6 +506,11 @@ impl Engine {
         } else {
             warn!(reason = reason.as_str(), failures = ?s.restore_failures, "charge session ended, but some settings could not be restored: {detail}");
         }
+        if s.snapshot.is_none() && !s.touched.is_empty() {
+            warn!(
+                "the inverter's settings from before the charge were unknown, so they were not restored: the stop switched AC charging off and the charge windows off instead (SOC limit and charge type stay as the charge set them)"
+            );
+        }
         if let Err(e) = self.store.append_history(&record) {
             error!("the charge history could not be written: {e}");
         }
