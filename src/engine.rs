@@ -187,6 +187,12 @@ pub struct Engine {
     pending_write: Option<(Write, oneshot::Receiver<WriteResult>)>,
     pending_snapshot:
         Option<oneshot::Receiver<Option<std::collections::BTreeMap<String, SettingValue>>>>,
+    /// A preparing session needs the inverter's settings and they have not been asked for yet.
+    snapshot_wanted: bool,
+    /// Set at boot until the broker connection first comes up (at most until this monotonic
+    /// instant): no snapshot request or write goes out before, because the client is still
+    /// connecting and would report a write as not sent, which rolls back a resumed start.
+    connect_grace: Option<Duration>,
     start_waiters: Vec<oneshot::Sender<StartOutcome>>,
     stop_waiters: Vec<(Timestamp, oneshot::Sender<StopOutcome>)>,
     /// What was last written to disk, to save only on change.
@@ -228,6 +234,8 @@ pub fn new(
         status: status_tx,
         pending_write: None,
         pending_snapshot: None,
+        snapshot_wanted: false,
+        connect_grace: None,
         start_waiters: Vec::new(),
         stop_waiters: Vec::new(),
         saved: None,
@@ -259,6 +267,9 @@ async fn maybe_write(p: &mut Option<(Write, oneshot::Receiver<WriteResult>)>) ->
 
 /// How long shutdown waits for the write in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+/// How long a start waits for the broker connection before its first write (see
+/// `Engine::connect_grace`).
+const BOOT_CONNECT_GRACE: Duration = Duration::from_secs(15);
 
 impl Engine {
     fn now(&self) -> Now {
@@ -315,6 +326,9 @@ impl Engine {
     /// session that was running when the process stopped.
     fn boot(&mut self) {
         let now = self.now();
+        if !self.dongle.is_connected() {
+            self.connect_grace = Some(now.mono + BOOT_CONNECT_GRACE);
+        }
         if let Some(s) = &mut self.schedule {
             s.rearm(now.wall, &self.cfg.tz);
         }
@@ -327,7 +341,7 @@ impl Engine {
                 "resuming a charge session that was running when the service stopped"
             );
             if s.phase == Phase::Preparing {
-                self.pending_snapshot = Some(self.dongle.snapshot(self.cfg.params.settings()));
+                self.snapshot_wanted = true;
             }
         }
         self.persist();
@@ -341,7 +355,10 @@ impl Engine {
             s.on_tick(now);
         }
         self.check_schedule(now);
-        self.dispatch(now);
+        if self.dongle_ready(now) {
+            self.request_snapshot();
+            self.dispatch(now);
+        }
         self.finish_session(now);
         self.persist();
         self.publish_status();
@@ -399,8 +416,28 @@ impl Engine {
         self.session = Some(Session::new(origin, target, now, &self.cfg.params, soc));
         // Saved before anything is written to the inverter.
         self.persist();
-        self.pending_snapshot = Some(self.dongle.snapshot(self.cfg.params.settings()));
+        self.snapshot_wanted = true;
         None
+    }
+
+    /// Whether snapshot requests and writes may go out: not while the boot still waits for the
+    /// first broker connection.
+    fn dongle_ready(&mut self, now: Now) -> bool {
+        match self.connect_grace {
+            Some(until) if !self.dongle.is_connected() && now.mono < until => false,
+            Some(_) => {
+                self.connect_grace = None;
+                true
+            }
+            None => true,
+        }
+    }
+
+    fn request_snapshot(&mut self) {
+        if self.snapshot_wanted && self.pending_snapshot.is_none() {
+            self.snapshot_wanted = false;
+            self.pending_snapshot = Some(self.dongle.snapshot(self.cfg.params.settings()));
+        }
     }
 
     fn on_snapshot(&mut self, snap: Option<std::collections::BTreeMap<String, SettingValue>>) {
@@ -472,6 +509,11 @@ impl Engine {
             warn!(reason = reason.as_str(), failures = ?s.restore_failures, "charge session ended, but some settings could not be restored: {detail}");
         }
         crate::metrics::session_ended(reason.as_str());
+        if s.snapshot.is_none() && !s.touched.is_empty() {
+            warn!(
+                "the inverter's settings from before the charge were unknown, so they were not restored: the stop switched AC charging off and the charge windows off instead (SOC limit and charge type stay as the charge set them)"
+            );
+        }
         if let Err(e) = self.store.append_history(&record) {
             error!("the charge history could not be written: {e}");
         }
@@ -532,11 +574,12 @@ impl Engine {
             }
             Message::SettingUpdated(fields) => {
                 if let Some(s) = &mut self.session {
+                    let before = s.stop_reason;
                     for (name, raw) in fields.iter() {
                         let value = codec::setting_value(raw, value_like(name));
                         s.on_setting_changed(now, name, value);
                     }
-                    if s.stop_reason == Some(StopReason::ExternalOverride) {
+                    if before.is_none() && s.stop_reason == Some(StopReason::ExternalOverride) {
                         warn!("{}", s.detail.clone().unwrap_or_default());
                     }
                 }
@@ -748,6 +791,9 @@ impl Engine {
             |t: Timestamp| Duration::try_from(t.duration_since(now.wall)).unwrap_or(Duration::ZERO);
         if let Some(Due::Wait(t)) = self.schedule.as_ref().map(|s| s.due(now.wall)) {
             d = d.min(until(t));
+        }
+        if let Some(t) = self.connect_grace {
+            d = d.min(t.saturating_sub(now.mono));
         }
         if let Some(s) = &self.session {
             if let Some(t) = s.next_wall_deadline() {

@@ -509,15 +509,22 @@ impl Session {
             return;
         }
         // LuxPower never reports 100 %: near the top the BMS tapers the power to ~0.
-        let tapering = self.target.get() >= 98
-            && soc.is_some_and(|s| s.get() >= 97)
-            && self.rt.last_power.is_some_and(|(p, _)| p <= TAPER_POWER_W);
+        let tapering =
+            self.near_the_top() && self.rt.last_power.is_some_and(|(p, _)| p <= TAPER_POWER_W);
         if tapering {
             self.rt.low_power_since.get_or_insert(now.mono);
         } else {
             self.rt.low_power_since = None;
         }
         self.on_tick(now);
+    }
+
+    /// A charge to 98-100 % whose SOC is at 97 or more: where the BMS tapers the power and the
+    /// SOC creeps (or sits at 99, which is as high as LuxPower reports). The taper rule ends
+    /// such a charge; the stall rule does not apply, because a flat SOC is what a full battery
+    /// looks like there.
+    fn near_the_top(&self) -> bool {
+        self.target.get() >= 98 && self.last_soc.is_some_and(|s| s.get() >= 97)
     }
 
     /// Any message from the dongle: it is alive.
@@ -538,7 +545,8 @@ impl Session {
 
     /// A confirmed change of a setting (`setting/updated`) that the session did not make
     /// itself: if another app switches AC charging off or moves the window while charging, the
-    /// user has taken over and the session ends without fighting them.
+    /// user has taken over and the session ends without fighting them: their change stays, the
+    /// session's other changes are put back.
     pub fn on_setting_changed(&mut self, now: Now, setting: &str, value: Option<SettingValue>) {
         if let Some(w) = &self.in_flight
             && w.setting.eq_ignore_ascii_case(setting)
@@ -556,19 +564,48 @@ impl Session {
         let ours = self.start_plan[..self.start_done]
             .iter()
             .find(|w| w.setting != SOC_LIMIT && w.setting.eq_ignore_ascii_case(setting));
-        let overridden = ours.is_some_and(|w| value != Some(w.value));
-        if overridden {
-            let shown = value.map_or("an unreadable value".to_string(), |v| v.to_string());
-            self.stop_reason = Some(StopReason::ExternalOverride);
-            self.detail = Some(format!(
-                "{setting} was changed to {shown} by another app; leaving the inverter to it"
-            ));
-            self.charging = false;
-            self.stop_plan.clear();
-            self.stop_done = 0;
-            self.ended_at = Some(now.wall);
-            self.phase = Phase::Done;
+        let Some(ours) = ours.filter(|w| value != Some(w.value)).cloned() else {
+            return;
+        };
+        let shown = value.map_or("an unreadable value".to_string(), |v| v.to_string());
+        // The other app's setting is theirs now (both ends of a window it moved), and so is
+        // the master switch: `ACCharge` is neither switched off nor back on. What else the
+        // session changed is its own leftover and is put back, so that the inverter is left
+        // as found apart from what the other app chose.
+        let theirs: Vec<&str> = WINDOWS
+            .iter()
+            .find(|(s, e)| *s == ours.setting || *e == ours.setting)
+            .map_or(vec![ours.setting.as_str()], |(s, e)| vec![*s, *e]);
+        let mut restore: Vec<String> = self
+            .touched
+            .iter()
+            .filter(|t| *t != AC_CHARGE && !theirs.contains(&t.as_str()))
+            .cloned()
+            .collect();
+        if let Some(w) = self.in_flight.take()
+            && w.setting != AC_CHARGE
+            && !theirs.contains(&w.setting.as_str())
+            && !restore.contains(&w.setting)
+        {
+            restore.push(w.setting);
         }
+        self.stop_reason = Some(StopReason::ExternalOverride);
+        self.detail = Some(format!(
+            "{} was changed to {shown} by another app; the charge ended without undoing that",
+            ours.setting
+        ));
+        self.charging = false;
+        self.ended_at = Some(now.wall);
+        self.extra_writes.clear();
+        self.stop_plan = stop_plan(&restore, self.snapshot.as_ref(), false);
+        self.stop_done = 0;
+        self.rt.attempts = 0;
+        self.rt.retry_at = None;
+        self.phase = if self.stop_plan.is_empty() {
+            Phase::Done
+        } else {
+            Phase::Stopping
+        };
     }
 
     /// Time passed: checks the cutoff, stale data, taper and stall.
@@ -604,6 +641,7 @@ impl Session {
             return;
         }
         if let Some((best, at)) = self.rt.best_soc
+            && !self.near_the_top()
             && now.mono.saturating_sub(at) >= self.rt.params.stall_after
         {
             self.begin_stop(
@@ -745,11 +783,13 @@ impl Session {
                         .low_power_since
                         .map(|t| t + self.rt.params.taper_after),
                 );
-                consider(
-                    self.rt
-                        .best_soc
-                        .map(|(_, t)| t + self.rt.params.stall_after),
-                );
+                if !self.near_the_top() {
+                    consider(
+                        self.rt
+                            .best_soc
+                            .map(|(_, t)| t + self.rt.params.stall_after),
+                    );
+                }
             }
             Phase::Stopping => consider(self.rt.retry_at),
             _ => consider(self.rt.started.map(|s| s + self.rt.params.cutoff)),
@@ -1446,6 +1486,26 @@ mod tests {
     }
 
     #[test]
+    fn near_the_top_a_flat_soc_ends_as_taper_and_not_as_a_stall() {
+        // SOC 99 from minute 60: the power falls below 50 W only 25 minutes later, by when
+        // the SOC has been flat for longer than a stall takes.
+        let power = |m: u64| {
+            if m < 25 {
+                400.0 - 14.0 * m as f64
+            } else {
+                20.0
+            }
+        };
+        let s = tapering(100, 99, power, 34);
+        assert_eq!(s.phase, Phase::Charging, "{:?}", s.detail);
+        let s = tapering(100, 99, power, 35);
+        assert_stopped_for(&s, StopReason::Taper);
+        // Below the taper zone a flat SOC is still a stall.
+        let s = tapering(100, 96, |_| 2000.0, 30);
+        assert_stopped_for(&s, StopReason::Stalled);
+    }
+
+    #[test]
     fn taper_needs_soc_97_and_low_power_throughout() {
         let s = tapering(98, 96, |_| 0.0, 15);
         assert_eq!(s.phase, Phase::Charging, "SOC below 97");
@@ -1540,28 +1600,43 @@ mod tests {
     // --- external override ---
 
     #[test]
-    fn another_app_switching_ac_charge_off_ends_the_session_without_further_writes() {
+    fn another_app_switching_ac_charge_off_ends_the_session_and_the_rest_is_put_back() {
         let mut s = charging(80);
         let t1 = after(t0(), mins(20));
         s.on_setting_changed(t1, "accharge", Some(SettingValue::Int(0)));
-        assert_eq!(s.phase, Phase::Done);
-        assert_eq!(s.stop_reason, Some(StopReason::ExternalOverride));
+        assert_stopped_for(&s, StopReason::ExternalOverride);
+        assert!(
+            s.detail
+                .as_deref()
+                .unwrap()
+                .starts_with("ACCharge was changed to 0")
+        );
         assert_eq!(s.ended_at, Some(t1.wall));
         assert!(!s.is_charging());
-        assert_eq!(run_writes(&mut s, t1, confirm_all), []);
+        assert_eq!(
+            run_writes(&mut s, t1, confirm_all),
+            expected_stop()[1..],
+            "no ACCharge write of its own, the other settings as found"
+        );
+        assert!(s.is_finished());
     }
 
     #[test]
-    fn another_app_moving_our_window_ends_the_session() {
+    fn another_app_moving_our_window_keeps_its_window_and_gets_the_rest_back() {
         let mut s = charging(80);
-        s.on_setting_changed(
-            after(t0(), mins(20)),
-            "ACChgEnd",
-            Some(SettingValue::Time(hhmm("06:00"))),
-        );
+        let t1 = after(t0(), mins(20));
+        s.on_setting_changed(t1, "ACChgEnd", Some(SettingValue::Time(hhmm("06:00"))));
         assert_eq!(s.stop_reason, Some(StopReason::ExternalOverride));
         assert!(s.detail.as_deref().unwrap().contains("06:00"));
-        assert_eq!(run_writes(&mut s, after(t0(), mins(20)), confirm_all), []);
+        assert_eq!(
+            run_writes(&mut s, t1, confirm_all),
+            [
+                set(SOC_LIMIT, 100),
+                set(CHARGE_TYPE, 0),
+                set(BAT_CHG_CONTROL, 1)
+            ],
+            "neither end of the moved window, nor ACCharge"
+        );
     }
 
     #[test]
@@ -1575,7 +1650,31 @@ mod tests {
         assert!(s.is_charging());
         s.on_setting_changed(after(t0(), mins(5)), AC_CHARGE, Some(SettingValue::Int(0)));
         assert_eq!(s.stop_reason, Some(StopReason::ExternalOverride));
-        assert_eq!(run_writes(&mut s, after(t0(), mins(5)), confirm_all), []);
+        let restore = run_writes(&mut s, after(t0(), mins(5)), confirm_all);
+        assert_eq!(restore, expected_stop()[1..]);
+        assert!(
+            restore.iter().all(|w| w.setting != AC_CHARGE),
+            "not switched back on against the other app"
+        );
+    }
+
+    #[test]
+    fn an_override_during_the_start_puts_back_what_the_start_wrote() {
+        let mut s = new_session(80, 40);
+        s.on_snapshot(t0(), Some(found()), &la());
+        for _ in 0..2 {
+            s.next_write(t0()).unwrap();
+            s.on_write_result(t0(), WriteResult::Confirmed);
+        }
+        // The charge-type write is done; another app sets it back while the next is in flight.
+        assert_eq!(s.next_write(t0()), Some(set(BAT_CHG_CONTROL, 0)));
+        s.on_setting_changed(t0(), CHARGE_TYPE, Some(SettingValue::Int(0)));
+        assert_eq!(s.stop_reason, Some(StopReason::ExternalOverride));
+        assert_eq!(
+            run_writes(&mut s, t0(), confirm_all),
+            [set(SOC_LIMIT, 100), set(BAT_CHG_CONTROL, 1)]
+        );
+        assert!(s.is_finished());
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //!   `min_write_interval` apart (the dongle handles one write in flight): publish `update`,
 //!   wait for the matching `response` (or a `setting/updated` with the value), and on a
 //!   timeout read the value back before deciding whether to retry, because a write that timed
-//!   out has been seen to apply 15 s later. It also keeps the hold-register cache from which
-//!   the pre-charge snapshot is taken.
+//!   out has been seen to apply 15 s later (the read-back waits its full time for that before
+//!   a retry). It also keeps the hold-register cache from which the pre-charge snapshot is
+//!   taken.
 //!
 //! Publishing happens from the writer task, never from the task that polls the event loop:
 //! awaiting a publish there would deadlock on rumqttc's bounded request channel.
@@ -481,6 +482,11 @@ impl Writer {
 
     /// Reads a setting back: on >= 4.3 by asking for a snapshot, on older firmware by waiting
     /// for the next hold bank (bounded by `readback_timeout`).
+    ///
+    /// A read that still shows the old value is not the last word: a write that timed out has
+    /// been seen to apply seconds later, and retrying it at once would send it twice. So the
+    /// read-back keeps listening until its deadline for the value to appear (in a
+    /// `setting/updated`, a hold delta or a bank), and only then reports the difference.
     async fn read_back(&mut self, setting: &str, value: SettingValue) -> ReadBack {
         if self.firmware != Firmware::Legacy {
             let _ = self
@@ -488,10 +494,13 @@ impl Writer {
                 .await;
         }
         let deadline = self.clock.mono() + self.settings.readback_timeout;
+        let mut differs: Option<String> = None;
         loop {
             tokio::select! {
                 msg = self.inbound.recv() => {
-                    let Some(m) = msg else { return ReadBack::Unavailable };
+                    let Some(m) = msg else {
+                        return differs.map_or(ReadBack::Unavailable, ReadBack::Differs);
+                    };
                     self.absorb(&m);
                     match &m.message {
                         Message::WriteResponse { setting: s, success: true, .. }
@@ -501,17 +510,18 @@ impl Writer {
                         }
                         Message::Settings(f) | Message::SettingUpdated(f) => {
                             if let Some(read) = f.get(setting) {
-                                return if read_back_matches(value, read) {
-                                    ReadBack::Matches
-                                } else {
-                                    ReadBack::Differs(format!("{read:?}"))
-                                };
+                                if read_back_matches(value, read) {
+                                    return ReadBack::Matches;
+                                }
+                                differs = Some(format!("{read:?}"));
                             }
                         }
                         _ => {}
                     }
                 }
-                _ = self.clock.sleep_until(deadline) => return ReadBack::Unavailable,
+                _ = self.clock.sleep_until(deadline) => {
+                    return differs.map_or(ReadBack::Unavailable, ReadBack::Differs);
+                }
             }
         }
     }

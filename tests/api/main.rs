@@ -7,3 +7,4 @@ mod charging;
 mod contract;
 mod demo;
 mod docs;
+mod sessions;
