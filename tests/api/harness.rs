@@ -4,8 +4,11 @@
 //! Waiting is always on an event (a status or simulator change) with a generous real-time
 //! guard that only fails a test that would otherwise hang; nothing sleeps.
 
+use std::io::{BufRead as _, BufReader};
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -37,6 +40,21 @@ pub struct Setup {
     pub max_charge_w: f64,
     /// Extra top-level YAML (e.g. `server: {api_key: k}` is not allowed here: use `server`).
     pub server: String,
+    /// Which MQTT broker the service and the dongle meet on.
+    pub broker: BrokerKind,
+}
+
+/// The MQTT broker a world runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BrokerKind {
+    /// rumqttd inside the test process.
+    #[default]
+    Embedded,
+    /// Debian's mosquitto as a child process (see [`Mosquitto`]).
+    Mosquitto,
+    /// Nothing listens on the broker's port yet: the service and the dongle start without a
+    /// broker, and the test brings one up later with [`World::bring_up_broker`].
+    Down,
 }
 
 impl Default for Setup {
@@ -49,6 +67,7 @@ impl Default for Setup {
             charging: String::new(),
             max_charge_w: 6000.0,
             server: String::new(),
+            broker: BrokerKind::Embedded,
         }
     }
 }
@@ -56,7 +75,11 @@ impl Default for Setup {
 static CLIENT_IDS: AtomicU32 = AtomicU32::new(0);
 
 pub struct World {
+    /// Where the MQTT broker is (or will be, with [`BrokerKind::Down`]): the embedded broker,
+    /// or only its port when the broker is mosquitto.
     pub broker: EmbeddedBroker,
+    /// The mosquitto child process, when the world runs against mosquitto.
+    pub mosquitto: Option<Mosquitto>,
     pub clock: ManualClock,
     pub sim: SimHandle,
     pub app: Option<App>,
@@ -81,7 +104,14 @@ pub fn local(s: &str) -> Timestamp {
 
 impl World {
     pub async fn start(setup: Setup) -> World {
-        let broker = start_embedded_broker(0).expect("embedded broker");
+        let (broker, mosquitto) = match setup.broker {
+            BrokerKind::Embedded => (start_embedded_broker(0).expect("embedded broker"), None),
+            BrokerKind::Mosquitto => {
+                let m = Mosquitto::start().await;
+                (EmbeddedBroker { port: m.port }, Some(m))
+            }
+            BrokerKind::Down => (EmbeddedBroker { port: free_port() }, None),
+        };
         let clock = ManualClock::new(setup.wall);
         let sim_cfg = SimConfig {
             prefix: PREFIX.into(),
@@ -107,6 +137,7 @@ impl World {
             .config;
         let mut world = World {
             broker,
+            mosquitto,
             clock,
             sim,
             app: None,
@@ -115,23 +146,54 @@ impl World {
             http: reqwest::Client::new(),
             base: String::new(),
         };
-        world.boot().await;
+        if setup.broker == BrokerKind::Down {
+            world.launch().await;
+        } else {
+            world.boot().await;
+        }
         world
     }
 
     /// Starts the service on the world's data directory and waits until it hears the dongle.
     pub async fn boot(&mut self) {
+        self.launch().await;
+        self.hear_dongle().await;
+    }
+
+    /// Waits until the service is connected to the broker and has heard a report from the
+    /// dongle.
+    pub async fn hear_dongle(&self) {
+        self.wait_status(|s| s.mqtt_connected).await;
+        self.sim.publish_telemetry_now();
+        let soc = self.sim.state().borrow().reported_soc;
+        self.wait_status(|s| s.soc.map(|s| s.get()) == Some(soc))
+            .await;
+    }
+
+    /// Starts the service on the world's data directory without waiting for the broker or the
+    /// dongle: HTTP answers once this returns.
+    pub async fn launch(&mut self) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let app = app::start(&self.config, self.data.path(), self.clock.clock(), listener)
             .await
             .expect("app starts");
         self.base = format!("http://{}", app.addr);
         self.app = Some(app);
-        self.wait_status(|s| s.mqtt_connected).await;
-        self.sim.publish_telemetry_now();
-        let soc = self.sim.state().borrow().reported_soc;
-        self.wait_status(|s| s.soc.map(|s| s.get()) == Some(soc))
-            .await;
+    }
+
+    /// Starts a broker of `kind` on the world's broker port (for a world set up with
+    /// [`BrokerKind::Down`]). The service only notices once its reconnect backoff has passed
+    /// on the world's clock.
+    pub async fn bring_up_broker(&mut self, kind: BrokerKind) {
+        match kind {
+            BrokerKind::Embedded => {
+                start_embedded_broker(self.broker.port).expect("embedded broker on the port");
+            }
+            BrokerKind::Mosquitto => {
+                self.mosquitto = Some(Mosquitto::start_on(self.broker.port).await);
+            }
+            BrokerKind::Down => panic!("bring_up_broker needs a broker kind"),
+        }
     }
 
     /// Kills the service as a crash or power cut would: nothing is saved on the way out.
@@ -266,4 +328,146 @@ fn prefixed(extra: &str) -> String {
 /// Whether the inverter's AC charge switch is on.
 pub fn ac_on(s: &SimState) -> bool {
     s.holds.get("ACCharge") == Some(&HoldValue::Int(1))
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Where the `mosquitto` binary is: on PATH, or in the sbin folders Debian installs it to
+/// (often not on a normal user's PATH). Fails the test, never skips it, when it is missing.
+pub fn mosquitto_binary() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join("mosquitto"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "this test needs the mosquitto MQTT broker, which is not installed: run \
+                 `apt-get install mosquitto` (scripts/test.sh installs it and runs the tests)"
+            )
+        })
+}
+
+/// Debian's mosquitto broker in a child process on 127.0.0.1, anonymous clients allowed. It is
+/// killed when dropped. Unlike a stock mosquitto it never drops messages for a subscriber that
+/// lags behind (`max_queued_messages 0`), so that a test can wait for the last of a flood.
+pub struct Mosquitto {
+    pub port: u16,
+    /// Holds the generated configuration file.
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    /// The broker's log (stdout and stderr), for failure messages.
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Mosquitto {
+    /// Starts mosquitto on a free port.
+    pub async fn start() -> Mosquitto {
+        Mosquitto::start_on(free_port()).await
+    }
+
+    /// Starts mosquitto on `port` and returns once it accepts connections.
+    pub async fn start_on(port: u16) -> Mosquitto {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = format!(
+            "listener {port} 127.0.0.1\n\
+             allow_anonymous true\n\
+             persistence false\n\
+             max_queued_messages 0\n\
+             log_dest stderr\n\
+             log_type error\n\
+             log_type warning\n\
+             log_type notice\n\
+             log_type information\n"
+        );
+        std::fs::write(dir.path().join("mosquitto.conf"), conf).unwrap();
+        let mut m = Mosquitto {
+            port,
+            dir,
+            child: None,
+            log: Arc::default(),
+        };
+        m.spawn().await;
+        m
+    }
+
+    fn conf(&self) -> PathBuf {
+        self.dir.path().join("mosquitto.conf")
+    }
+
+    async fn spawn(&mut self) {
+        assert!(self.child.is_none(), "mosquitto is already running");
+        let mut child = Command::new(mosquitto_binary())
+            .arg("-c")
+            .arg(self.conf())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("mosquitto starts");
+        // mosquitto logs "... running" once its listener is open. Both pipes are drained until
+        // the process ends, so that a chatty broker never blocks on a full pipe.
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+        let ready_tx = Arc::new(Mutex::new(Some(ready_tx)));
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        for pipe in [
+            Box::new(stdout) as Box<dyn std::io::Read + Send>,
+            Box::new(stderr),
+        ] {
+            let log = self.log.clone();
+            let ready = ready_tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if line.contains(" running")
+                        && let Some(tx) = ready.lock().unwrap().take()
+                    {
+                        let _ = tx.send(());
+                    }
+                    let mut log = log.lock().unwrap();
+                    if log.len() < 500 {
+                        log.push(line);
+                    }
+                }
+                // Ends the wait below if the broker exits before it is ready.
+                ready.lock().unwrap().take();
+            });
+        }
+        drop(ready_tx);
+        self.child = Some(child);
+        match tokio::time::timeout(GUARD, ready_rx).await {
+            Ok(Ok(())) => {}
+            _ => panic!(
+                "mosquitto did not start on port {}; its log:\n{}",
+                self.port,
+                self.log.lock().unwrap().join("\n")
+            ),
+        }
+    }
+
+    /// Kills the broker at once (SIGKILL): every connection drops without a goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the broker again on the same port, with nothing remembered.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

@@ -1,5 +1,5 @@
-//! Whole-service tests: the real app on port 0, a real MQTT broker in this process, the
-//! simulated dongle, and a manual clock.
+//! Whole-service tests: the real app on port 0, a real MQTT broker (in this process, or
+//! Debian's mosquitto as a child process), the simulated dongle, and a manual clock.
 
 mod harness;
 
@@ -7,4 +7,5 @@ mod charging;
 mod contract;
 mod demo;
 mod docs;
+mod resilience;
 mod sessions;

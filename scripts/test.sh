@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs the test suite. The whole-service tests also run against Debian's mosquitto broker, so
+# it is installed first when missing (as root, or through sudo). Arguments go to `cargo test`,
+# e.g. `scripts/test.sh --test api resilience::`.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+have_mosquitto() {
+    command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || [ -x /usr/local/sbin/mosquitto ]
+}
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    else
+        sudo -n "$@"
+    fi
+}
+
+if ! have_mosquitto; then
+    if [ "$(id -u)" -ne 0 ] && ! { command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; }; then
+        echo "The tests need the mosquitto MQTT broker, which is not installed." >&2
+        echo "Install it as root, then run this script again:" >&2
+        echo "    sudo apt-get install -y mosquitto" >&2
+        exit 1
+    fi
+    echo "Installing mosquitto (the whole-service tests run against it)..." >&2
+    as_root apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends mosquitto
+    if ! have_mosquitto; then
+        echo "mosquitto is still not found after apt-get install" >&2
+        exit 1
+    fi
+fi
+
+exec cargo test --locked "$@"
