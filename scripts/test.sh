@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs the test suite. The whole-service tests also run against Debian's mosquitto broker, so
-# it is installed first when missing (as root, or through sudo). Arguments go to `cargo test`,
-# e.g. `scripts/test.sh --test api resilience::`.
+# Runs the test suite. The whole-service tests also run against Debian's mosquitto broker, and
+# the dashboard is tested in Debian's headless Chromium, so both are installed first when
+# missing (as root, or through sudo). With arguments, only `cargo test` runs, with them
+# (e.g. `scripts/test.sh --test api resilience::`).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -32,6 +33,17 @@ if ! have_mosquitto; then
         echo "mosquitto is still not found after apt-get install" >&2
         exit 1
     fi
+fi
+
+if [ $# -eq 0 ]; then
+    # The dashboard in a real browser, against the demo built from this tree.
+    if ! command -v chromium >/dev/null 2>&1; then
+        echo "Installing chromium (the dashboard test drives it headless)..." >&2
+        as_root apt-get update -q
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
+    fi
+    cargo build --locked
+    (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error && node --test)
 fi
 
 exec cargo test --locked "$@"

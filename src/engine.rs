@@ -194,7 +194,8 @@ pub struct Engine {
     /// connecting and would report a write as not sent, which rolls back a resumed start.
     connect_grace: Option<Duration>,
     start_waiters: Vec<oneshot::Sender<StartOutcome>>,
-    stop_waiters: Vec<(Timestamp, oneshot::Sender<StopOutcome>)>,
+    /// Stop requests waiting for AC charge to go off, with a problem to report, if any.
+    stop_waiters: Vec<(Timestamp, Option<String>, oneshot::Sender<StopOutcome>)>,
     /// What was last written to disk, to save only on change.
     saved: Option<State>,
     bad_values: crate::logging::Throttle,
@@ -618,7 +619,10 @@ impl Engine {
                 if self.schedule.take().is_some() {
                     info!("schedule cancelled");
                 }
-                self.stop(now, "stopped through the API", reply);
+                let unsaved = self.try_persist().err().map(|e| {
+                    format!("the cancellation could not be saved ({e}), so the schedule may return after a restart: check that the data directory is writable and not full")
+                });
+                self.stop(now, "stopped through the API", unsaved, reply);
             }
             Command::ChargeNow { target, reply } => {
                 if let Some(s) = &mut self.session {
@@ -703,7 +707,13 @@ impl Engine {
         Ok(())
     }
 
-    fn stop(&mut self, now: Now, why: &str, reply: oneshot::Sender<StopOutcome>) {
+    fn stop(
+        &mut self,
+        now: Now,
+        why: &str,
+        note: Option<String>,
+        reply: oneshot::Sender<StopOutcome>,
+    ) {
         match &mut self.session {
             Some(s)
                 if s.is_charging()
@@ -713,14 +723,15 @@ impl Engine {
                     ) =>
             {
                 s.cancel(now, why);
-                self.stop_waiters.push((now.wall, reply));
+                self.stop_waiters.push((now.wall, note, reply));
             }
             _ => {
-                let _ = reply.send(StopOutcome {
-                    success: true,
-                    message: "Charging disabled".into(),
-                    stopped_at: now.wall,
-                });
+                let _ = reply.send(stop_outcome(
+                    true,
+                    "Charging disabled".into(),
+                    note,
+                    now.wall,
+                ));
             }
         }
         self.step();
@@ -773,12 +784,8 @@ impl Engine {
                 _ => Some((true, "Charging disabled".to_string())),
             };
             if let Some((success, message)) = outcome {
-                for (at, w) in self.stop_waiters.drain(..) {
-                    let _ = w.send(StopOutcome {
-                        success,
-                        message: message.clone(),
-                        stopped_at: at,
-                    });
+                for (at, note, w) in self.stop_waiters.drain(..) {
+                    let _ = w.send(stop_outcome(success, message.clone(), note, at));
                 }
             }
         }
@@ -807,6 +814,11 @@ impl Engine {
     }
 
     fn persist(&mut self) {
+        let _ = self.try_persist();
+    }
+
+    /// Saves the state if it changed; the error says why it could not be.
+    fn try_persist(&mut self) -> Result<(), String> {
         let state = State {
             version: crate::store::FORMAT_VERSION,
             schedule: self.schedule.clone(),
@@ -817,13 +829,19 @@ impl Engine {
             .as_ref()
             .is_some_and(|s| same_durable_state(s, &state))
         {
-            return;
+            return Ok(());
         }
         match self.store.save(&state) {
-            Ok(()) => self.saved = Some(state),
-            Err(e) => error!(
-                "the state could not be saved (the charge goes on; fix the data directory): {e}"
-            ),
+            Ok(()) => {
+                self.saved = Some(state);
+                Ok(())
+            }
+            Err(e) => {
+                error!(
+                    "the state could not be saved (the charge goes on; fix the data directory): {e}"
+                );
+                Err(e.to_string())
+            }
         }
     }
 
@@ -848,6 +866,27 @@ impl Engine {
             st.mqtt_connected = mqtt;
             changed
         });
+    }
+}
+
+/// A stop's answer; a problem noted on the way (an unsaved cancellation) makes it a failure.
+fn stop_outcome(
+    success: bool,
+    message: String,
+    note: Option<String>,
+    at: Timestamp,
+) -> StopOutcome {
+    match note {
+        Some(note) => StopOutcome {
+            success: false,
+            message: format!("{message}, but {note}"),
+            stopped_at: at,
+        },
+        None => StopOutcome {
+            success,
+            message,
+            stopped_at: at,
+        },
     }
 }
 

@@ -103,6 +103,27 @@ pub fn local(s: &str) -> Timestamp {
 }
 
 impl World {
+    /// A world from parts a test built itself; the service is not started yet.
+    pub fn assemble(
+        broker: EmbeddedBroker,
+        mosquitto: Option<Mosquitto>,
+        clock: ManualClock,
+        sim: SimHandle,
+        config: Config,
+    ) -> World {
+        World {
+            broker,
+            mosquitto,
+            clock,
+            sim,
+            app: None,
+            data: tempfile::tempdir().unwrap(),
+            config,
+            http: reqwest::Client::new(),
+            base: String::new(),
+        }
+    }
+
     pub async fn start(setup: Setup) -> World {
         let (broker, mosquitto) = match setup.broker {
             BrokerKind::Embedded => (start_embedded_broker(0).expect("embedded broker"), None),
@@ -135,17 +156,7 @@ impl World {
         let config = config::parse(&yaml, &EnvOverrides::default())
             .unwrap_or_else(|p| panic!("test config: {p:?}"))
             .config;
-        let mut world = World {
-            broker,
-            mosquitto,
-            clock,
-            sim,
-            app: None,
-            data: tempfile::tempdir().unwrap(),
-            config,
-            http: reqwest::Client::new(),
-            base: String::new(),
-        };
+        let mut world = World::assemble(broker, mosquitto, clock, sim, config);
         if setup.broker == BrokerKind::Down {
             world.launch().await;
         } else {

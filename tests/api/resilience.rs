@@ -821,6 +821,33 @@ async fn when_state_json_becomes_a_directory_a_new_schedule_is_refused_with_a_cl
     .await;
 }
 
+#[tokio::test]
+async fn a_cancellation_that_cannot_be_saved_is_reported_not_claimed() {
+    let w = World::start(Setup::default()).await;
+    schedule(&w, json!({"target_soc": 70, "start_time": "01:30"})).await;
+    let dir = w.data.path().to_path_buf();
+    std::fs::rename(&dir, aside(&dir)).unwrap();
+    std::fs::write(&dir, b"not a directory").unwrap();
+
+    let (code, body) = w.delete("/api/charge/schedule").await;
+    assert_eq!(
+        code, 200,
+        "the contract's DELETE always answers 200: {body}"
+    );
+    assert_eq!(body["success"], false, "{body}");
+    let msg = body["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("could not be saved") && msg.contains("after a restart"),
+        "says the cancellation is not durable: {msg}"
+    );
+    let (code, body) = w.post("/api/charging/disable", json!({})).await;
+    assert_eq!(code, 200);
+    assert_eq!(body["success"], false, "{body}");
+
+    std::fs::remove_file(&dir).unwrap();
+    std::fs::rename(aside(&dir), &dir).unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // 7. Garbage on every topic
 

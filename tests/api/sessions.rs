@@ -92,16 +92,7 @@ async fn world(k: Knobs) -> (World, BTreeMap<String, HoldValue>) {
     let config = config::parse(&yaml, &EnvOverrides::default())
         .unwrap_or_else(|p| panic!("test config: {p:?}"))
         .config;
-    let mut w = World {
-        broker,
-        clock,
-        sim,
-        app: None,
-        data: tempfile::tempdir().unwrap(),
-        config,
-        http: reqwest::Client::new(),
-        base: String::new(),
-    };
+    let mut w = World::assemble(broker, None, clock, sim, config);
     w.boot().await;
     (w, before)
 }
