@@ -545,10 +545,10 @@ impl Engine {
         match m {
             Message::Telemetry(fields) => {
                 let t = codec::telemetry(&fields);
-                if !t.rejected.is_empty() {
-                    if let Some(held) = self.bad_values.allow(now.mono) {
-                        warn!(values = ?t.rejected, more_since_last_warning = held, "ignored out-of-range telemetry values");
-                    }
+                if !t.rejected.is_empty()
+                    && let Some(held) = self.bad_values.allow(now.mono)
+                {
+                    warn!(values = ?t.rejected, more_since_last_warning = held, "ignored out-of-range telemetry values");
                 }
                 self.status.send_modify(|s| {
                     if t.soc.is_some() {
