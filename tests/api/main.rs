@@ -7,5 +7,6 @@ mod charging;
 mod contract;
 mod demo;
 mod docs;
+mod process;
 mod resilience;
 mod sessions;

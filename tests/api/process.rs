@@ -1,0 +1,166 @@
+//! The binary as a user runs it: `check-config`, `healthcheck`, and a real process that stops
+//! cleanly on SIGTERM with its schedule saved.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use solar_charging_backend::sim::broker::start_embedded_broker;
+
+const BIN: &str = env!("CARGO_BIN_EXE_solar-charging-backend");
+
+fn write_config(dir: &std::path::Path, text: &str) -> std::path::PathBuf {
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn check_config_accepts_the_old_file_and_lists_every_problem_of_a_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write_config(
+        dir.path(),
+        "mqtt: {host: 192.168.1.100, port: 1883, username: solar, password: pw, dongle_prefix: dongle-XX}\n\
+         server: {host: 0.0.0.0, port: 8088}\n\
+         charging: {safety_cutoff_hours: 8, soc_check_interval: 30, retry_on_failure: true, max_retries: 3}\n\
+         logging: {level: INFO}\n\
+         apns: {enabled: false, key_path: x, key_id: x, team_id: x, bundle_id: x, use_sandbox: false}\n",
+    );
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&good)
+        .env_remove("SERVER_PORT")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("is valid"), "{stdout}");
+    assert!(
+        stdout.contains("warning: apns"),
+        "unknown sections are warned about: {stdout}"
+    );
+    assert!(
+        !stdout.contains("pw"),
+        "the password is never printed: {stdout}"
+    );
+
+    let bad = write_config(dir.path(), "mqtt: {port: x}\ncharging: {max_retries: -1}\n");
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    for path in [
+        "mqtt.host",
+        "mqtt.port",
+        "mqtt.dongle_prefix",
+        "charging.max_retries",
+    ] {
+        assert!(stderr.contains(path), "{path} is named: {stderr}");
+    }
+}
+
+#[test]
+fn serving_without_a_config_file_says_how_to_make_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN).current_dir(dir.path()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("config.example.yaml") && stderr.contains("demo"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_service_stops_within_five_seconds_on_sigterm_and_keeps_its_schedule() {
+    let broker = start_embedded_broker(0).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "mqtt: {{host: 127.0.0.1, port: {}, dongle_prefix: dongle-proc}}\nserver: {{host: 127.0.0.1, port: {port}}}\n",
+            broker.port
+        ),
+    );
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env_remove("SERVER_PORT")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The log says when it serves (and when it reached the broker).
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = String::new();
+    while !(seen.contains("serving the API") && seen.contains("connected to the MQTT broker")) {
+        let line = lines
+            .next()
+            .expect("the service logs while starting")
+            .unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+    }
+    let url = format!("http://127.0.0.1:{port}/api/health");
+    let health = Command::new(BIN)
+        .args(["healthcheck", "--url", &url])
+        .status()
+        .unwrap();
+    assert!(
+        health.success(),
+        "healthcheck passes against a running service"
+    );
+    let body = r#"{"target_soc": 77, "start_time": "04:10"}"#;
+    let posted = post(port, "/api/charge/schedule", body);
+    assert!(posted.starts_with("HTTP/1.1 200"), "{posted}");
+
+    let asked = Instant::now();
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    let took = asked.elapsed();
+    assert!(status.success(), "a clean exit: {status}");
+    assert!(took < Duration::from_secs(5), "stopped in {took:?}");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(rest.iter().any(|l| l.contains("shutting down")), "{rest:?}");
+
+    let state = std::fs::read_to_string(dir.path().join("data/state.json")).unwrap();
+    assert!(state.contains("\"target\": 77"), "{state}");
+    let health = Command::new(BIN)
+        .args(["healthcheck", "--url", &url])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(
+        !health.success(),
+        "healthcheck fails once the service is gone"
+    );
+}
+
+/// A minimal HTTP/1.1 POST over a std socket (no runtime in a plain test).
+fn post(port: u16, path: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
