@@ -43,6 +43,10 @@ const AFTER_START: Duration = Duration::from_millis(1200);
 
 // --- options ---------------------------------------------------------------------------------
 
+const PHASES: [&str; 7] = [
+    "startup", "idle", "stop", "schedule", "http", "week", "growth",
+];
+
 struct Opts {
     bin: PathBuf,
     startup_runs: usize,
@@ -56,9 +60,15 @@ struct Opts {
     week_messages: u64,
     idle_secs: u64,
     out: Option<PathBuf>,
+    /// The phases to run (all when empty).
+    only: Vec<String>,
 }
 
 impl Opts {
+    fn wants(&self, phase: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|p| p == phase)
+    }
+
     fn parse() -> anyhow::Result<Opts> {
         let mut o = Opts {
             bin: default_bin(),
@@ -73,6 +83,7 @@ impl Opts {
             week_messages: 7 * 24 * 3600,
             idle_secs: 60,
             out: None,
+            only: Vec::new(),
         };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
@@ -89,6 +100,21 @@ impl Opts {
                 "--http-requests" => o.http_requests = val(&a)?.parse()?,
                 "--week-messages" => o.week_messages = val(&a)?.parse()?,
                 "--idle-secs" => o.idle_secs = val(&a)?.parse()?,
+                "--growth-rates" => {
+                    o.growth_rates = val(&a)?
+                        .split(',')
+                        .map(str::parse)
+                        .collect::<Result<_, _>>()?
+                }
+                "--only" => {
+                    o.only = val(&a)?.split(',').map(str::to_string).collect();
+                    for p in &o.only {
+                        ensure!(
+                            PHASES.contains(&p.as_str()),
+                            "unknown phase {p:?}: one of {PHASES:?}"
+                        );
+                    }
+                }
                 "--quick" => {
                     o.startup_runs = 3;
                     o.stop_runs = 3;
@@ -103,7 +129,9 @@ impl Opts {
                     println!(
                         "bench [--bin PATH] [--out FILE] [--quick] [--startup-runs N] [--stop-runs N] \
                          [--schedule-runs N] [--growth-runs N] [--http-requests N] \
-                         [--week-messages N] [--idle-secs N]"
+                         [--week-messages N] [--idle-secs N] [--growth-rates 1,10,100] \
+                         [--only PHASE,...] (phases: {})",
+                        PHASES.join(",")
                     );
                     std::process::exit(0);
                 }
@@ -399,6 +427,19 @@ fn health_200(port: u16) -> bool {
     s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
 }
 
+/// Time on CPU of this process (all threads), in ns.
+fn own_cpu_ns() -> u64 {
+    fs::read_dir("/proc/self/task")
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter_map(|t| fs::read_to_string(t.path().join("schedstat")).ok())
+                .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 fn clock_ticks_per_s() -> u64 {
     Command::new("getconf")
         .arg("CLK_TCK")
@@ -459,6 +500,15 @@ struct Dongle {
     holds: Arc<Mutex<Map<String, Value>>>,
 }
 
+/// The bench's own MQTT clients send at once (no Nagle), so that they add no delay of their
+/// own to what is measured: a small publish behind an unacknowledged PUBACK would otherwise
+/// wait for the broker's delayed ACK (40 ms or more).
+fn nodelay(eventloop: &mut rumqttc::EventLoop) {
+    let mut net = eventloop.network_options();
+    net.set_tcp_nodelay(true);
+    eventloop.set_network_options(net);
+}
+
 /// Connects a raw MQTT client that answers the service's writes like a dongle, and returns
 /// once it is subscribed.
 async fn dongle(broker_port: u16) -> anyhow::Result<Dongle> {
@@ -466,6 +516,7 @@ async fn dongle(broker_port: u16) -> anyhow::Result<Dongle> {
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+    nodelay(&mut eventloop);
     let holds = Arc::new(Mutex::new(initial_holds()));
     let (tx, updates) = mpsc::unbounded_channel();
     let (ready_tx, ready_rx) = oneshot::channel();
@@ -574,6 +625,7 @@ async fn feeder(broker_port: u16) -> anyhow::Result<AsyncClient> {
     let mut opts = MqttOptions::new("bench-feeder", "127.0.0.1", broker_port);
     opts.set_keep_alive(Duration::from_secs(30));
     let (client, mut eventloop) = AsyncClient::new(opts, 4096);
+    nodelay(&mut eventloop);
     let (ready_tx, ready_rx) = oneshot::channel();
     tokio::spawn(async move {
         let mut ready = Some(ready_tx);
@@ -829,7 +881,10 @@ impl Bench {
         );
         progress(format!("RSS after {} requests: {}", warm.len(), mb(rss)));
 
+        let (svc0, own0) = (self.svc.cpu_ns(), own_cpu_ns());
         let (lat, took) = self.http_load(self.opts.http_requests, clients).await?;
+        let svc_us = (self.svc.cpu_ns() - svc0) as f64 / 1e3 / lat.len() as f64;
+        let own_us = (own_cpu_ns() - own0) as f64 / 1e3 / lat.len() as f64;
         let v = sorted_ms(&lat);
         let p99 = pct(&v, 99.0);
         let rps = lat.len() as f64 / took.as_secs_f64();
@@ -843,6 +898,11 @@ impl Bench {
             ),
             "p99 <= 2 ms",
             p99 <= 2.0,
+        );
+        self.table.add(
+            "CPU per HTTP request during that load",
+            lat.len(),
+            format!("service {svc_us:.1} µs, load generator (bench process) {own_us:.1} µs"),
         );
         progress(format!("HTTP: {rps:.0} req/s, p99 {p99:.2} ms"));
 
@@ -1055,8 +1115,10 @@ async fn main() -> anyhow::Result<()> {
     ));
     let mut table = Table::default();
 
-    progress(format!("startup: {} runs", opts.startup_runs));
-    startup_runs(&opts, broker.port, &mut table)?;
+    if opts.wants("startup") {
+        progress(format!("startup: {} runs", opts.startup_runs));
+        startup_runs(&opts, broker.port, &mut table)?;
+    }
 
     let dongle = dongle(broker.port).await?;
     let feeder = feeder(broker.port).await?;
@@ -1081,18 +1143,22 @@ async fn main() -> anyhow::Result<()> {
     );
     progress(format!("idle RSS {}", mb(idle_rss)));
 
-    progress(format!("idle CPU: {} s", b.opts.idle_secs));
-    b.idle_cpu().await?;
+    if b.opts.wants("idle") {
+        progress(format!("idle CPU: {} s", b.opts.idle_secs));
+        b.idle_cpu().await?;
+    }
 
-    progress(format!("stop latency: {} runs", b.opts.stop_runs));
-    let stops = b.stop_runs(b.opts.stop_runs, "stop").await?;
-    b.table.latency(
-        "stop latency: SOC >= target -> ACCharge=0",
-        &stops,
-        Some(20.0),
-    );
+    if b.opts.wants("stop") {
+        progress(format!("stop latency: {} runs", b.opts.stop_runs));
+        let stops = b.stop_runs(b.opts.stop_runs, "stop").await?;
+        b.table.latency(
+            "stop latency: SOC >= target -> ACCharge=0",
+            &stops,
+            Some(20.0),
+        );
+    }
 
-    if b.opts.schedule_runs > 0 {
+    if b.opts.wants("schedule") && b.opts.schedule_runs > 0 {
         progress(format!(
             "schedule accuracy: {} runs, up to a minute each",
             b.opts.schedule_runs
@@ -1119,18 +1185,24 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
 
-    progress("HTTP");
-    b.http_phase().await?;
+    if b.opts.wants("http") {
+        progress("HTTP");
+        b.http_phase().await?;
+    }
 
     progress(format!(
-        "simulated week: {} messages per topic",
+        "simulated week: {} messages per topic (unless skipped)",
         b.opts.week_messages
     ));
     let before_week = b.svc.rss_kb()?;
-    b.week_phase(before_week).await?;
+    if b.opts.wants("week") {
+        b.week_phase(before_week).await?;
+    }
 
-    progress("cost growth");
-    b.growth_phase().await?;
+    if b.opts.wants("growth") {
+        progress("cost growth");
+        b.growth_phase().await?;
+    }
 
     let hwm = b.svc.proc_status_kb("VmHWM:")?;
     b.table
