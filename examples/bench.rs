@@ -355,6 +355,21 @@ impl Service {
         self.proc_status_kb("VmRSS:")
     }
 
+    /// (anonymous, file-backed) resident kB from /proc/PID/smaps_rollup: heap and stacks
+    /// versus the binary's own pages.
+    fn rss_split_kb(&self) -> anyhow::Result<(u64, u64)> {
+        let s = fs::read_to_string(format!("/proc/{}/smaps_rollup", self.pid))?;
+        let get = |key: &str| -> Option<u64> {
+            s.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|r| r.trim().trim_end_matches("kB").trim().parse().ok())
+        };
+        Ok((
+            get("Anonymous:").context("no Anonymous in smaps_rollup")?,
+            get("Rss:").context("no Rss in smaps_rollup")? - get("Anonymous:").unwrap_or(0),
+        ))
+    }
+
     fn threads(&self) -> anyhow::Result<u64> {
         self.proc_status_kb("Threads:")
     }
@@ -1134,10 +1149,17 @@ async fn main() -> anyhow::Result<()> {
     b.startup_service().await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_rss = b.svc.rss_kb()?;
+    let (anon, file) = b.svc.rss_split_kb()?;
     b.table.check(
         "RSS idle after startup",
         1,
-        format!("{} ({} threads)", mb(idle_rss), b.svc.threads()?),
+        format!(
+            "{} (anonymous {}, file-backed {}; {} threads)",
+            mb(idle_rss),
+            mb(anon),
+            mb(file),
+            b.svc.threads()?
+        ),
         "<= 8 MB",
         idle_rss <= 8 * 1024,
     );
