@@ -1238,6 +1238,10 @@ async fn main() -> anyhow::Result<()> {
         AFTER_START.as_millis()
     ));
     b.table.notes.push(format!(
+        "the service's data directory is under {} (its state saves fsync there; TMPDIR=/dev/shm leaves disk latency out)",
+        std::env::temp_dir().display()
+    ));
+    b.table.notes.push(format!(
         "RSS before the week: {}; verdicts on latencies use the p95 (p99 for HTTP)",
         mb(before_week)
     ));
