@@ -698,8 +698,7 @@ impl Engine {
             }
         }
         // Persisted before the answer: if it cannot be saved, nothing changes.
-        self.store
-            .save(&candidate)
+        save_off_the_worker(&self.store, &candidate)
             .map_err(|e| CommandError::Store(e.to_string()))?;
         self.saved = Some(candidate.clone());
         self.schedule = candidate.schedule;
@@ -831,7 +830,7 @@ impl Engine {
         {
             return Ok(());
         }
-        match self.store.save(&state) {
+        match save_off_the_worker(&self.store, &state) {
             Ok(()) => {
                 self.saved = Some(state);
                 Ok(())
@@ -866,6 +865,20 @@ impl Engine {
             st.mqtt_connected = mqtt;
             changed
         });
+    }
+}
+
+/// Saves the state, letting the runtime move this worker's other tasks to another thread for
+/// the duration: an fsync can take hundreds of milliseconds on an SD card, and the write the
+/// engine has just handed to the dongle client (a stop, say) must not wait behind it.
+fn save_off_the_worker(store: &Store, state: &State) -> Result<(), crate::store::StoreError> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let on_multi_thread =
+        Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+    if on_multi_thread {
+        tokio::task::block_in_place(|| store.save(state))
+    } else {
+        store.save(state)
     }
 }
 

@@ -163,7 +163,12 @@ pub fn spawn(
             .unwrap_or_default();
         opts.set_credentials(user.clone(), pw);
     }
-    let (client, eventloop) = AsyncClient::new(opts, 64);
+    let (client, mut eventloop) = AsyncClient::new(opts, 64);
+    // The stop write is one small packet that often follows our own PUBACKs; with Nagle's
+    // algorithm it would wait for the broker's delayed ACK (40 ms and more).
+    let mut net = eventloop.network_options();
+    net.set_tcp_nodelay(true);
+    eventloop.set_network_options(net);
     let (connected_tx, connected_rx) = watch::channel(false);
     let (cmd_tx, cmd_rx) = mpsc::channel(16);
     let (inbound_tx, inbound_rx) = mpsc::channel(256);
