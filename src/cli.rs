@@ -48,6 +48,25 @@ pub enum FirmwareArg {
     Modern,
 }
 
+/// A fault for the simulated dongle to show from the start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FaultArg {
+    /// Behaves like a healthy dongle.
+    None,
+    /// Connected, but publishes and answers nothing.
+    Silent,
+    /// Refuses every write.
+    RejectWrites,
+    /// Never answers writes, and applies each one 15 s late.
+    LateApply,
+    /// Says it is offline and goes quiet.
+    Offline,
+    /// Keeps reporting the same SOC while the battery charges.
+    SocFrozen,
+    /// Publishes garbage on its telemetry topics.
+    Garbage,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
     /// HTTP port for the API and dashboard.
@@ -68,6 +87,9 @@ pub struct DemoArgs {
     /// Where the demo keeps its state (a fresh folder each run when omitted).
     #[arg(long)]
     pub demo_data: Option<PathBuf>,
+    /// Make the simulated dongle misbehave, to see how the service copes.
+    #[arg(long, value_enum, default_value_t = FaultArg::None)]
+    pub fault: FaultArg,
 }
 
 #[derive(Debug, clap::Args)]
@@ -84,4 +106,7 @@ pub struct SimulateArgs {
     pub speed: f64,
     #[arg(long, default_value_t = 42.0)]
     pub soc: f64,
+    /// Make the simulated dongle misbehave.
+    #[arg(long, value_enum, default_value_t = FaultArg::None)]
+    pub fault: FaultArg,
 }

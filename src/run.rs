@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use tracing::{info, warn};
 
 use crate::app;
-use crate::cli::{DemoArgs, FirmwareArg, SimulateArgs};
+use crate::cli::{DemoArgs, FaultArg, FirmwareArg, SimulateArgs};
 use crate::clock::Clock;
 use crate::config::{self, ConfigError, EnvOverrides, LogFormat, LoggingConfig};
 use crate::logging;
@@ -69,6 +69,7 @@ pub async fn start_demo(args: &DemoArgs) -> anyhow::Result<Demo> {
         ..Default::default()
     };
     let simulator = sim::dongle::spawn("127.0.0.1", broker.port, sim_cfg, Clock::System);
+    simulator.set_fault(fault(args.fault));
     let yaml = format!(
         "mqtt: {{host: 127.0.0.1, port: {}, dongle_prefix: \"{prefix}\", client_id: solar-demo}}\nserver: {{host: \"{}\", port: {}}}\n",
         broker.port, args.host, args.port
@@ -147,6 +148,21 @@ fn firmware(f: FirmwareArg) -> sim::dongle::Firmware {
     }
 }
 
+fn fault(f: FaultArg) -> sim::dongle::Fault {
+    use sim::dongle::Fault;
+    match f {
+        FaultArg::None => Fault::None,
+        FaultArg::Silent => Fault::Silent,
+        FaultArg::RejectWrites => Fault::RejectWrites,
+        FaultArg::LateApply => Fault::LateApply {
+            delay: Duration::from_secs(15),
+        },
+        FaultArg::Offline => Fault::Offline,
+        FaultArg::SocFrozen => Fault::SocFrozen,
+        FaultArg::Garbage => Fault::Garbage,
+    }
+}
+
 /// `simulate`: only the simulated dongle, against any broker.
 pub async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     logging::init(&LoggingConfig {
@@ -167,6 +183,7 @@ pub async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let simulator = sim::dongle::spawn(&host, port, cfg, Clock::System);
+    simulator.set_fault(fault(args.fault));
     info!(broker = %args.broker, prefix = %args.prefix, "simulated dongle running; Ctrl-C to stop");
     shutdown_signal().await;
     simulator.shutdown().await;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use solar_charging_backend::cli::{DemoArgs, FirmwareArg};
+use solar_charging_backend::cli::{DemoArgs, FaultArg, FirmwareArg};
 use solar_charging_backend::domain::session::StopReason;
 use solar_charging_backend::run::start_demo;
 
@@ -17,6 +17,7 @@ async fn the_demo_charges_to_the_target_and_stops_through_the_api() {
         soc: 50.0,
         firmware: FirmwareArg::Modern,
         demo_data: None,
+        fault: FaultArg::None,
     })
     .await
     .expect("the demo starts");

@@ -164,3 +164,87 @@ fn post(port: u16, path: &str, body: &str) -> String {
     s.read_to_string(&mut out).unwrap();
     out
 }
+
+/// The `simulate` command against Debian's mosquitto, read by the service: both as the
+/// separate processes a user runs.
+#[tokio::test]
+async fn the_simulate_command_against_mosquitto_feeds_the_service() {
+    let broker = crate::harness::Mosquitto::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = "dongle-40:4C:CA:00:00:5A";
+    let mut sim = tokio::process::Command::new(BIN)
+        .args([
+            "simulate",
+            "--broker",
+            &format!("127.0.0.1:{}", broker.port),
+        ])
+        .args(["--prefix", prefix, "--soc", "61", "--firmware", "legacy"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "mqtt: {{host: 127.0.0.1, port: {}, dongle_prefix: \"{prefix}\"}}\nserver: {{host: 127.0.0.1, port: {port}}}\n",
+            broker.port
+        ),
+    );
+    let mut service = tokio::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env_remove("SERVER_PORT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // The service logs each step; the first inverter firmware line means the dongle answered.
+    let mut lines = tokio::io::BufReader::new(service.stdout.take().unwrap());
+    let seen = tokio::time::timeout(Duration::from_secs(30), async {
+        use tokio::io::AsyncBufReadExt;
+        let mut all = String::new();
+        let mut line = String::new();
+        while !all.contains("inverter firmware code") {
+            line.clear();
+            if lines.read_line(&mut line).await.unwrap() == 0 {
+                break;
+            }
+            all.push_str(&line);
+        }
+        all
+    })
+    .await
+    .expect("the service hears the simulated dongle");
+    assert!(seen.contains("FAAB"), "{seen}");
+    // The legacy simulator reports its SOC every few seconds of real time.
+    let soc = tokio::time::timeout(Duration::from_secs(30), async {
+        // Another process: its answers are the only events to wait on, so ask a few times a
+        // second until the first report has arrived.
+        let mut every = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            every.tick().await;
+            let r = reqwest::get(format!("http://127.0.0.1:{port}/api/charge/status"))
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap();
+            if !r["current_soc"].is_null() {
+                return r["current_soc"].clone();
+            }
+        }
+    })
+    .await
+    .expect("the SOC arrives through mosquitto");
+    assert_eq!(soc, 61);
+    let _ = service.kill().await;
+    let _ = sim.kill().await;
+}
