@@ -1658,13 +1658,13 @@ async fn nothing_a_client_sends_to_any_endpoint_makes_the_service_answer_5xx() {
 }
 
 #[tokio::test]
-async fn fifty_concurrent_clients_during_a_charge_all_get_200_and_the_last_schedule_sticks() {
+async fn two_hundred_concurrent_clients_during_a_charge_all_get_200_and_the_last_schedule_sticks() {
     let w = World::start(Setup::default()).await;
     let (_, enabled) = w.post(ENABLE, json!({"target_soc": 99})).await;
     assert_eq!(enabled["is_charging"], true, "{enabled}");
 
     let mut clients = tokio::task::JoinSet::new();
-    for i in 0..50u32 {
+    for i in 0..200u32 {
         let base = w.base.clone();
         clients.spawn(async move {
             let http = reqwest::Client::new();

@@ -38,8 +38,10 @@ pub struct Setup {
     /// Extra YAML under `charging:` (e.g. `safety_cutoff_hours: 1`).
     pub charging: String,
     pub max_charge_w: f64,
-    /// Extra top-level YAML (e.g. `server: {api_key: k}` is not allowed here: use `server`).
+    /// Extra YAML under `server:` (e.g. `api_key: k`).
     pub server: String,
+    /// Extra YAML under `mqtt:` (e.g. `username: u, password: p`).
+    pub mqtt: String,
     /// Which MQTT broker the service and the dongle meet on.
     pub broker: BrokerKind,
 }
@@ -67,6 +69,7 @@ impl Default for Setup {
             charging: String::new(),
             max_charge_w: 6000.0,
             server: String::new(),
+            mqtt: String::new(),
             broker: BrokerKind::Embedded,
         }
     }
@@ -145,13 +148,14 @@ impl World {
         let sim = dongle::spawn("127.0.0.1", broker.port, sim_cfg, clock.clock());
         let id = CLIENT_IDS.fetch_add(1, Ordering::Relaxed);
         let yaml = format!(
-            "mqtt: {{host: 127.0.0.1, port: {port}, dongle_prefix: \"{PREFIX}\", client_id: test-{id}}}\n\
+            "mqtt: {{host: 127.0.0.1, port: {port}, dongle_prefix: \"{PREFIX}\", client_id: test-{id}{mqtt}}}\n\
              server: {{host: 127.0.0.1, port: 0{server}}}\n\
              charging: {{min_write_interval_ms: 0{charging}}}\n\
              timezone: {ZONE}\n",
             port = broker.port,
             server = prefixed(&setup.server),
             charging = prefixed(&setup.charging),
+            mqtt = prefixed(&setup.mqtt),
         );
         let config = config::parse(&yaml, &EnvOverrides::default())
             .unwrap_or_else(|p| panic!("test config: {p:?}"))

@@ -142,8 +142,12 @@ impl<S: tracing::Subscriber> Layer<S> for CaptureLayer {
 
 impl LogCapture {
     fn install() -> LogCapture {
+        LogCapture::install_at(LevelFilter::INFO)
+    }
+
+    fn install_at(level: LevelFilter) -> LogCapture {
         let (tx, lines) = watch::channel(Vec::new());
-        let layer = CaptureLayer(Arc::new(tx)).with_filter(LevelFilter::INFO);
+        let layer = CaptureLayer(Arc::new(tx)).with_filter(level);
         let guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
         LogCapture {
             lines,
@@ -846,6 +850,51 @@ async fn a_cancellation_that_cannot_be_saved_is_reported_not_claimed() {
 
     std::fs::remove_file(&dir).unwrap();
     std::fs::rename(aside(&dir), &dir).unwrap();
+}
+
+#[tokio::test]
+async fn no_log_line_ever_shows_the_mqtt_password_or_the_api_key() {
+    const PASSWORD: &str = "pw-7d1f0c2e";
+    const KEY: &str = "key-93b4a8f1";
+    // Everything, down to TRACE, from before the service starts.
+    let log = LogCapture::install_at(LevelFilter::TRACE);
+    let w = World::start(Setup {
+        mqtt: format!("username: solar, password: {PASSWORD}"),
+        server: format!("api_key: {KEY}"),
+        ..Setup::default()
+    })
+    .await;
+    let authed = |r: reqwest::RequestBuilder| r.header("X-API-Key", KEY);
+    let r = authed(w.http.post(format!("{}/api/charging/enable", w.base)))
+        .json(&json!({"target_soc": 55}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Refused attempts with a near-miss key, and a charge to its end.
+    for bad in [&KEY[..KEY.len() - 1], "key-93b4a8f2"] {
+        let r = w
+            .http
+            .get(format!("{}/api/charge/status", w.base))
+            .header("Authorization", format!("Bearer {bad}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    charge_to_the_end(&w, HOUR).await;
+    let lines = log.lines.borrow().clone();
+    assert!(
+        lines.len() > 20,
+        "the capture saw the service: {} lines",
+        lines.len()
+    );
+    for l in &lines {
+        assert!(
+            !l.contains(PASSWORD) && !l.contains(KEY),
+            "a secret in the log: {l}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
