@@ -85,6 +85,8 @@ pub enum Command {
         target: TargetSoc,
         reply: oneshot::Sender<StartOutcome>,
     },
+    /// Answered at once: proves the engine loop is running (the service manager's watchdog).
+    Ping { reply: oneshot::Sender<()> },
 }
 
 /// What a running session looks like from outside.
@@ -166,6 +168,17 @@ impl EngineHandle {
         let (reply, rx) = oneshot::channel();
         self.send(Command::ChargeNow { target, reply }).await?;
         rx.await.map_err(|_| CommandError::ShuttingDown)
+    }
+
+    /// Whether the engine loop answers within `within`.
+    pub async fn ping(&self, within: Duration) -> bool {
+        let (reply, rx) = oneshot::channel();
+        if self.send(Command::Ping { reply }).await.is_err() {
+            return false;
+        }
+        tokio::time::timeout(within, rx)
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     async fn send(&self, cmd: Command) -> Result<(), CommandError> {
@@ -614,6 +627,9 @@ impl Engine {
                 let result = self.set_schedule(input, now);
                 self.step();
                 let _ = reply.send(result.map(|()| self.status.borrow().clone()));
+            }
+            Command::Ping { reply } => {
+                let _ = reply.send(());
             }
             Command::CancelSchedule { reply } => {
                 if self.schedule.take().is_some() {

@@ -38,7 +38,7 @@ pub async fn serve(config_path: &Path, data_dir: &Path) -> anyhow::Result<()> {
         dongle = %config.mqtt.dongle_prefix, "starting");
     let listener = app::bind(&config.server.host, config.server.port).await?;
     let app = app::start(&config, data_dir, Clock::System, listener).await?;
-    crate::systemd::ready(app.engine.watch());
+    crate::systemd::ready(app.engine.clone());
     shutdown_signal().await;
     info!("shutting down");
     crate::systemd::stopping();

@@ -1,15 +1,15 @@
-//! systemd integration (`Type=notify`): readiness, watchdog pings while the engine is alive,
-//! and the stopping notice. Without systemd (no `NOTIFY_SOCKET`) every call does nothing.
+//! systemd integration (`Type=notify`): readiness, watchdog pings while the engine loop
+//! answers, and the stopping notice. Without systemd (no `NOTIFY_SOCKET`) every call does
+//! nothing.
 
 use sd_notify::NotifyState;
-use tokio::sync::watch;
 
-use crate::engine::Status;
+use crate::engine::EngineHandle;
 
 /// Tells systemd the service is ready and, when `WatchdogSec` is set, pings it at half the
-/// interval for as long as the engine publishes its status (a dead engine stops the pings,
-/// and systemd restarts the service).
-pub fn ready(engine_status: watch::Receiver<Status>) {
+/// interval for as long as the engine loop answers a ping: a stuck or dead engine stops the
+/// pings, and systemd restarts the service.
+pub fn ready(engine: EngineHandle) {
     let _ = sd_notify::notify(&[NotifyState::Ready]);
     let Some(interval) = sd_notify::watchdog_enabled() else {
         return;
@@ -18,10 +18,9 @@ pub fn ready(engine_status: watch::Receiver<Status>) {
         let mut tick = tokio::time::interval(interval / 2);
         loop {
             tick.tick().await;
-            if engine_status.has_changed().is_err() {
-                break; // the engine is gone: let the watchdog fire
+            if engine.ping(interval / 4).await {
+                let _ = sd_notify::notify(&[NotifyState::Watchdog]);
             }
-            let _ = sd_notify::notify(&[NotifyState::Watchdog]);
         }
     });
 }
