@@ -37,10 +37,14 @@ fi
 
 if [ $# -eq 0 ]; then
     # The dashboard in a real browser, against the demo built from this tree.
-    if ! command -v chromium >/dev/null 2>&1; then
-        echo "Installing chromium (the dashboard test drives it headless)..." >&2
+    missing=()
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+    command -v node >/dev/null 2>&1 || missing+=(nodejs)
+    command -v npm >/dev/null 2>&1 || missing+=(npm)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "Installing ${missing[*]} (the dashboard test drives headless Chromium from Node)..." >&2
         as_root apt-get update -q
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
     fi
     cargo build --locked
     (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error && node --test)
