@@ -16,7 +16,12 @@ pub fn init(cfg: &LoggingConfig) {
         .with_target(false);
     let result = match cfg.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.compact().try_init(),
+        // Colour only on a terminal: journald and Docker keep escape codes as literal noise.
+        // (Set after `compact()`, which starts a fresh format.)
+        LogFormat::Text => builder
+            .compact()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .try_init(),
     };
     // Already set (tests, or a second call): keep the first.
     let _ = result;

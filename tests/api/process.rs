@@ -111,6 +111,10 @@ fn the_service_stops_within_five_seconds_on_sigterm_and_keeps_its_schedule() {
         seen.push_str(&line);
         seen.push('\n');
     }
+    assert!(
+        !seen.contains('\u{1b}'),
+        "no colour escape codes when the log is not a terminal: {seen:?}"
+    );
     let url = format!("http://127.0.0.1:{port}/api/health");
     let health = Command::new(BIN)
         .args(["healthcheck", "--url", &url])
