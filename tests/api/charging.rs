@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::json;
 use solar_charging_backend::sim::dongle::HoldValue;
 
-use crate::harness::{Setup, World, ac_on, local};
+use crate::harness::{Setup, World, ac_on, local, written};
 
 const MIN: Duration = Duration::from_secs(60);
 
@@ -31,13 +31,8 @@ async fn a_scheduled_charge_starts_at_the_minute_stops_at_the_target_and_restore
 
     w.tick(MIN).await;
     let on = w.wait_sim(ac_on).await;
-    let written: Vec<_> = on
-        .writes
-        .iter()
-        .map(|r| (r.setting.as_str(), r.value.to_string()))
-        .collect();
     assert_eq!(
-        written,
+        written(&on),
         [
             ("ACChgSOCLimit", "60".to_string()),
             ("ACChargeType", "2".to_string()),

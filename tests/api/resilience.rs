@@ -16,7 +16,7 @@ use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::{Layer, filter::LevelFilter};
 
-use crate::harness::{BrokerKind, GUARD, PREFIX, Setup, World, ac_on, local};
+use crate::harness::{BrokerKind, GUARD, PREFIX, Setup, World, ac_on, local, written};
 
 const MIN: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3600);
@@ -266,13 +266,8 @@ async fn a_scheduled_charge_against_mosquitto_starts_at_the_minute_stops_at_the_
     assert!(w.sim.state().borrow().writes.is_empty());
     w.tick(MIN).await;
     let on = w.wait_sim(ac_on).await;
-    let written: Vec<_> = on
-        .writes
-        .iter()
-        .map(|r| (r.setting.as_str(), r.value.to_string()))
-        .collect();
     assert_eq!(
-        written,
+        written(&on),
         [
             ("ACChgSOCLimit", "60".to_string()),
             ("ACChargeType", "2".to_string()),
