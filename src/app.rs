@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::clock::Clock;
 use crate::config::Config;
@@ -19,7 +19,7 @@ use crate::engine::{self, EngineConfig, EngineHandle};
 use crate::http::{self, ApiState};
 use crate::store::Store;
 
-/// How long a graceful stop may take before the remaining tasks are abandoned.
+/// How long the parts other than the engine may take to stop, once the engine has.
 pub const SHUTDOWN_LIMIT: Duration = Duration::from_secs(5);
 
 /// A running service.
@@ -27,23 +27,40 @@ pub struct App {
     /// Where HTTP is served.
     pub addr: SocketAddr,
     pub engine: EngineHandle,
+    /// Stops the engine and the HTTP server: the first step of a stop.
     shutdown: CancellationToken,
+    /// Stops what the engine needs to finish (the dongle client): only once it has.
+    io_shutdown: CancellationToken,
+    /// The most the engine may take to stop: one write's timeout, and a margin.
+    engine_limit: Duration,
     engine_task: JoinHandle<()>,
-    other_tasks: Vec<JoinHandle<()>>,
+    /// The other essential tasks, by name.
+    other_tasks: Vec<(&'static str, JoinHandle<()>)>,
 }
 
 impl App {
-    /// Stops gracefully: the in-flight write finishes, state is saved, a running charge is
-    /// left to be resumed by the next start.
+    /// Stops gracefully, in order: HTTP stops accepting and the engine finishes the write in
+    /// flight (its answer or its timeout) and saves; only then does the dongle client stop.
+    /// A running charge is left to be resumed by the next start. With no write in flight this
+    /// takes milliseconds; at worst one write timeout plus [`SHUTDOWN_LIMIT`].
     pub async fn shutdown(self) {
         self.shutdown.cancel();
-        let all = async {
-            let _ = self.engine_task.await;
-            for t in self.other_tasks {
+        if tokio::time::timeout(self.engine_limit, self.engine_task)
+            .await
+            .is_err()
+        {
+            warn!(
+                "the engine took longer than {} s to stop; exiting anyway (the saved state is resumed at the next start)",
+                self.engine_limit.as_secs()
+            );
+        }
+        self.io_shutdown.cancel();
+        let rest = async {
+            for (_, t) in self.other_tasks {
                 let _ = t.await;
             }
         };
-        if tokio::time::timeout(SHUTDOWN_LIMIT, all).await.is_err() {
+        if tokio::time::timeout(SHUTDOWN_LIMIT, rest).await.is_err() {
             warn!(
                 "shutdown took longer than {} s; exiting anyway",
                 SHUTDOWN_LIMIT.as_secs()
@@ -54,10 +71,71 @@ impl App {
     /// Stops at once, saving nothing: what a crash or power cut does. For tests.
     pub fn kill(self) {
         self.engine_task.abort();
-        for t in &self.other_tasks {
+        for (_, t) in &self.other_tasks {
             t.abort();
         }
         self.shutdown.cancel();
+        self.io_shutdown.cancel();
+    }
+
+    /// Runs until `signal` resolves, then stops gracefully. If an essential task ends first
+    /// (a panic, or a loop that gave up), the service cannot do its job: the error says which
+    /// and why, so that the process exits non-zero and its supervisor restarts it (the state
+    /// is on disk).
+    pub async fn run_until(mut self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
+        tokio::select! {
+            _ = signal => {
+                info!("shutting down");
+                crate::systemd::stopping();
+                self.shutdown().await;
+                Ok(())
+            }
+            failure = self.first_task_end() => {
+                error!("{failure}; exiting so that the service manager restarts the service");
+                self.kill();
+                Err(anyhow::anyhow!(failure))
+            }
+        }
+    }
+
+    /// Waits until any essential task ends, and says which and how.
+    async fn first_task_end(&mut self) -> String {
+        let (name, joined) = {
+            let engine = async { ("engine", (&mut self.engine_task).await) };
+            let others = async {
+                let mut pending: Vec<_> = self
+                    .other_tasks
+                    .iter_mut()
+                    .map(|(name, t)| Box::pin(async move { (*name, t.await) }))
+                    .collect();
+                std::future::poll_fn(move |cx| {
+                    for f in pending.iter_mut() {
+                        if let std::task::Poll::Ready(r) = f.as_mut().poll(cx) {
+                            return std::task::Poll::Ready(r);
+                        }
+                    }
+                    std::task::Poll::Pending
+                })
+                .await
+            };
+            tokio::select! {
+                r = engine => r,
+                r = others => r,
+            }
+        };
+        match joined {
+            Ok(()) => format!("the {name} task ended unexpectedly"),
+            Err(e) if e.is_panic() => {
+                let payload = e.into_panic();
+                let why = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".into());
+                format!("the {name} task panicked: {why}")
+            }
+            Err(e) => format!("the {name} task was cancelled: {e}"),
+        }
     }
 }
 
@@ -106,17 +184,20 @@ pub async fn start(
         warn!("{notice}");
     }
     let shutdown = CancellationToken::new();
+    let io_shutdown = CancellationToken::new();
     let (events_tx, events_rx) = mpsc::channel(1024);
     let (dongle, dongle_tasks) = client::spawn(
         dongle_settings(config),
         clock.clone(),
         events_tx,
-        shutdown.clone(),
+        io_shutdown.clone(),
     );
     let engine_cfg = EngineConfig {
         params: charge_params(config),
         tz: config.timezone.clone(),
         check_interval: config.charging.soc_check_interval,
+        soc_rule: config.charging.soc_rule,
+        write_timeout: config.charging.write_timeout,
     };
     let (engine, handle, cmds) = engine::new(
         engine_cfg,
@@ -145,13 +226,19 @@ pub async fn start(
             warn!("the HTTP server stopped: {e}");
         }
     });
-    let mut other_tasks = dongle_tasks;
-    other_tasks.push(http_task);
+    let mut other_tasks: Vec<(&'static str, JoinHandle<()>)> = dongle_tasks
+        .into_iter()
+        .zip(["MQTT connection", "dongle writer"])
+        .map(|(t, name)| (name, t))
+        .collect();
+    other_tasks.push(("HTTP server", http_task));
     info!(%addr, zone = %config.timezone_name, data_dir = %data_dir.display(), "serving the API");
     Ok(App {
         addr,
         engine: handle,
         shutdown,
+        io_shutdown,
+        engine_limit: config.charging.write_timeout + SHUTDOWN_LIMIT,
         engine_task,
         other_tasks,
     })

@@ -12,6 +12,7 @@ use std::time::Duration;
 use jiff::tz::TimeZone;
 use serde_json::{Map, Value};
 
+use crate::domain::soc_filter::SocRule;
 use crate::dongle::codec::TimeFormat;
 
 /// A string that must never reach a log line or `Debug` output (passwords, API keys).
@@ -76,6 +77,8 @@ pub struct ChargingConfig {
     pub min_write_interval: Duration,
     /// How long to wait for settings to be read back (snapshot or next hold bank).
     pub readback_timeout: Duration,
+    /// Which SOC readings are believed at once (see [`crate::domain::soc_filter`]).
+    pub soc_rule: SocRule,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +122,7 @@ impl Default for ChargingConfig {
             write_timeout: Duration::from_secs(15),
             min_write_interval: Duration::from_secs(1),
             readback_timeout: Duration::from_secs(10),
+            soc_rule: SocRule::default(),
         }
     }
 }
@@ -313,6 +317,8 @@ pub fn parse(text: &str, env: &EnvOverrides) -> Result<Loaded, Vec<Problem>> {
             "write_timeout_s",
             "min_write_interval_ms",
             "readback_timeout_s",
+            "soc_max_step",
+            "soc_max_rate_per_hour",
         ],
     );
     let d = ChargingConfig::default();
@@ -359,6 +365,22 @@ pub fn parse(text: &str, env: &EnvOverrides) -> Result<Loaded, Vec<Problem>> {
         readback_timeout: Duration::from_secs(
             c.int(&ch, "charging.readback_timeout_s", 10, 1, 600) as u64,
         ),
+        soc_rule: SocRule {
+            max_step: c.int(
+                &ch,
+                "charging.soc_max_step",
+                d.soc_rule.max_step.into(),
+                1,
+                100,
+            ) as u8,
+            max_rate_per_hour: c.float(
+                &ch,
+                "charging.soc_max_rate_per_hour",
+                d.soc_rule.max_rate_per_hour,
+                1.0,
+                10_000.0,
+            ),
+        },
     };
 
     let lg = c.section(root, "logging");

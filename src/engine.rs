@@ -20,11 +20,12 @@ use tracing::{debug, error, info, warn};
 use crate::clock::Clock;
 use crate::domain::schedule::{Due, Schedule, ScheduleError};
 use crate::domain::session::{
-    AC_CHARGE, ChargeParams, Now, Origin, Phase, Session, StopReason, Write, WriteResult,
+    AC_CHARGE, ChargeParams, Now, Origin, Phase, Report, Session, StopReason, Write, WriteResult,
     value_like,
 };
+use crate::domain::soc_filter::{SocFilter, SocRule, Verdict};
 use crate::domain::units::{Days, LocalTime, Mode, SettingValue, Soc, TargetSoc};
-use crate::dongle::client::{DongleEvent, DongleHandle};
+use crate::dongle::client::{DongleEvent, DongleHandle, Freshness};
 use crate::dongle::codec::{self, Message};
 use crate::store::{SessionRecord, State, Store};
 
@@ -34,6 +35,10 @@ pub struct EngineConfig {
     pub tz: TimeZone,
     /// The longest the engine sleeps before re-reading the wall clock.
     pub check_interval: Duration,
+    /// Which SOC readings are believed at once.
+    pub soc_rule: SocRule,
+    /// How long a write waits for its answer: what a stop waits for the write in flight.
+    pub write_timeout: Duration,
 }
 
 /// A schedule as the API sets it.
@@ -87,6 +92,17 @@ pub enum Command {
     },
     /// Answered at once: proves the engine loop is running (the service manager's watchdog).
     Ping { reply: oneshot::Sender<()> },
+    /// Breaks the engine on purpose, for tests of the supervision around it.
+    Inject(EngineFault),
+}
+
+/// A failure the engine can be made to have (see [`EngineHandle::inject`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineFault {
+    /// The loop stops answering anything, as if stuck on a lock or a hung disk.
+    Hang,
+    /// The engine task panics.
+    Panic,
 }
 
 /// What a running session looks like from outside.
@@ -170,15 +186,24 @@ impl EngineHandle {
         rx.await.map_err(|_| CommandError::ShuttingDown)
     }
 
-    /// Whether the engine loop answers within `within`.
-    pub async fn ping(&self, within: Duration) -> bool {
-        let (reply, rx) = oneshot::channel();
-        if self.send(Command::Ping { reply }).await.is_err() {
-            return false;
+    /// Whether the engine loop answers within `within` of `clock`'s time (a full command
+    /// queue counts as not answering).
+    pub async fn ping(&self, within: Duration, clock: &Clock) -> bool {
+        let asked = async {
+            let (reply, rx) = oneshot::channel();
+            self.send(Command::Ping { reply }).await.is_ok() && rx.await.is_ok()
+        };
+        tokio::select! {
+            answered = asked => answered,
+            _ = clock.sleep(within) => false,
         }
-        tokio::time::timeout(within, rx)
-            .await
-            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Makes the engine fail as `fault` says. Only for tests of health reporting and
+    /// supervision: nothing in the service calls it.
+    #[doc(hidden)]
+    pub async fn inject(&self, fault: EngineFault) {
+        let _ = self.send(Command::Inject(fault)).await;
     }
 
     async fn send(&self, cmd: Command) -> Result<(), CommandError> {
@@ -212,6 +237,23 @@ pub struct Engine {
     /// What was last written to disk, to save only on change.
     saved: Option<State>,
     bad_values: crate::logging::Throttle,
+    soc_filter: SocFilter,
+    held_soc: crate::logging::Throttle,
+    /// A charge asked for while the previous one still restores settings: it begins once that
+    /// session has no write in flight, taking over what it had left to restore.
+    queued_start: Option<(Origin, TargetSoc)>,
+    /// The settings read ahead of a scheduled start (monotonic instant of the answer), so the
+    /// first write goes out at the minute instead of after a read.
+    prefetched: Option<(
+        Duration,
+        Option<std::collections::BTreeMap<String, SettingValue>>,
+    )>,
+    /// The occurrence a read ahead was made for, so it is made once.
+    prefetch_for: Option<Timestamp>,
+    /// The snapshot in flight is a read ahead, not a session's.
+    snapshot_is_prefetch: bool,
+    /// When the dongle was last heard (monotonic).
+    last_heard: Option<Duration>,
 }
 
 /// Builds the engine from the stored state and returns it with its handle. Nothing runs until
@@ -238,6 +280,7 @@ pub fn new(
         last_stop: None,
     });
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
+    let cfg_soc_rule = cfg.soc_rule;
     let engine = Engine {
         cfg,
         clock,
@@ -254,6 +297,13 @@ pub fn new(
         stop_waiters: Vec::new(),
         saved: None,
         bad_values: crate::logging::Throttle::per_minute(),
+        soc_filter: SocFilter::new(cfg_soc_rule),
+        held_soc: crate::logging::Throttle::per_minute(),
+        queued_start: None,
+        prefetched: None,
+        prefetch_for: None,
+        snapshot_is_prefetch: false,
+        last_heard: None,
     };
     let handle = EngineHandle {
         cmds: cmd_tx,
@@ -279,8 +329,16 @@ async fn maybe_write(p: &mut Option<(Write, oneshot::Receiver<WriteResult>)>) ->
     }
 }
 
-/// How long shutdown waits for the write in flight.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+/// How long after its timeout a stop still waits for the answer to the write in flight.
+const SHUTDOWN_SLACK: Duration = Duration::from_secs(1);
+/// How far ahead of a scheduled start the inverter's settings are read.
+const PREFETCH_AHEAD: Duration = Duration::from_secs(60);
+/// How old settings read ahead may be and still serve a start (a clock jump or a late fire
+/// makes them stale).
+const PREFETCH_VALID: Duration = Duration::from_secs(180);
+/// A dongle heard again after this long without a message may have rebooted with other
+/// settings: they are asked for again.
+const COMEBACK_AFTER: Duration = Duration::from_secs(30);
 /// How long a start waits for the broker connection before its first write (see
 /// `Engine::connect_grace`).
 const BOOT_CONNECT_GRACE: Duration = Duration::from_secs(15);
@@ -311,23 +369,40 @@ impl Engine {
                 Some(ev) = events.recv() => self.on_dongle_event(ev),
                 result = maybe_write(&mut self.pending_write) => self.on_write_result(result),
                 snap = maybe(&mut self.pending_snapshot) => self.on_snapshot(snap.flatten()),
-                Some(cmd) = cmds.recv() => self.on_command(cmd),
+                Some(cmd) = cmds.recv() => match cmd {
+                    Command::Inject(EngineFault::Hang) => {
+                        error!("the engine was made to hang");
+                        std::future::pending::<()>().await;
+                    }
+                    Command::Inject(EngineFault::Panic) => panic!("the engine was made to panic"),
+                    cmd => self.on_command(cmd),
+                },
                 _ = self.clock.sleep(wake) => {}
             }
         }
         self.shut_down().await;
     }
 
+    /// The engine's part of an ordered stop: the dongle client is still running, so the write
+    /// in flight gets its answer (or its timeout). A clear answer is taken; anything else
+    /// leaves the write marked in flight in the saved session, so the next start sends it
+    /// again (setting writes are idempotent) and the session goes on as if never stopped.
     async fn shut_down(&mut self) {
         if let Some((w, rx)) = &mut self.pending_write {
-            info!(setting = %w.setting, "finishing the write in flight before exiting");
-            let grace = self.clock.sleep(SHUTDOWN_GRACE);
+            let (setting, value) = (w.setting.clone(), w.value);
+            info!(%setting, %value, "finishing the write in flight before exiting");
+            let bound = self.clock.sleep(self.cfg.write_timeout + SHUTDOWN_SLACK);
             let result = tokio::select! {
                 r = rx => r.ok(),
-                _ = grace => None,
+                _ = bound => None,
             };
-            if let Some(r) = result {
-                self.on_write_result(r);
+            match result {
+                Some(r @ (WriteResult::Confirmed | WriteResult::Rejected(_))) => {
+                    self.on_write_result(r)
+                }
+                other => {
+                    info!(%setting, outcome = ?other, "the write in flight has no clear answer; it is sent again at the next start");
+                }
             }
         }
         self.persist();
@@ -369,11 +444,13 @@ impl Engine {
             s.on_tick(now);
         }
         self.check_schedule(now);
+        self.begin_queued_start(now);
         if self.dongle_ready(now) {
-            self.request_snapshot();
+            self.request_snapshot(now);
             self.dispatch(now);
         }
         self.finish_session(now);
+        self.drop_spent_schedule();
         self.persist();
         self.publish_status();
         self.answer_waiters(now);
@@ -389,12 +466,19 @@ impl Engine {
                 let target = schedule.target;
                 let next = schedule.next_run;
                 info!(%occurrence, target = %target, next_run = ?next, "schedule fired");
-                if self.session.is_some() {
-                    info!(
+                match &self.session {
+                    Some(s) if s.has_stopped_charging() => {
+                        info!(
+                            "the previous charge is still restoring settings; this one begins as soon as its write in flight is done"
+                        );
+                        self.queued_start = Some((Origin::Schedule, target));
+                    }
+                    Some(_) => info!(
                         "a charge is already running; this occurrence is consumed without a second start"
-                    );
-                } else {
-                    self.start(Origin::Schedule, target, now);
+                    ),
+                    None => {
+                        self.start(Origin::Schedule, target, now);
+                    }
                 }
             }
             Due::Missed(occurrence) => {
@@ -407,25 +491,83 @@ impl Engine {
         }
     }
 
+    /// A spent once schedule is gone as soon as its charge has stopped charging (`ACCharge = 0`
+    /// written), not only once the restore writes after it are done.
     fn drop_spent_schedule(&mut self) {
-        if self.session.is_none() && self.schedule.as_ref().is_some_and(Schedule::is_spent) {
+        let charging = self.queued_start.is_some()
+            || self
+                .session
+                .as_ref()
+                .is_some_and(|s| !s.has_stopped_charging());
+        if !charging && self.schedule.as_ref().is_some_and(Schedule::is_spent) {
             self.schedule = None;
         }
     }
 
-    /// The one start path, used by the schedule and by "charge now".
-    fn start(&mut self, origin: Origin, target: TargetSoc, now: Now) -> Option<String> {
-        let soc = self.status.borrow().soc;
-        if let Some(soc) = soc
-            && target.reached_by(soc)
-        {
-            let msg = format!(
+    /// Begins a charge that waited for the previous one's restore: once no write is in
+    /// flight, the old session ends and hands what it still had to restore to the new one.
+    fn begin_queued_start(&mut self, now: Now) {
+        let Some((origin, target)) = self.queued_start else {
+            return;
+        };
+        if let Some(msg) = self.already_reached(target) {
+            // Nothing to charge: the previous session finishes its restore undisturbed.
+            self.queued_start = None;
+            self.answer_starts(true, msg);
+            return;
+        }
+        if self.pending_write.is_some() {
+            return;
+        }
+        let inherited = match &mut self.session {
+            Some(s) => match s.hand_over(now) {
+                Some(pending) => pending,
+                None => return,
+            },
+            None => Default::default(),
+        };
+        self.queued_start = None;
+        if !inherited.is_empty() {
+            info!(settings = ?inherited.keys().collect::<Vec<_>>(), "a new charge takes over the settings the previous one had still to restore");
+        }
+        self.finish_session(now);
+        self.start(origin, target, now);
+        if let Some(s) = &mut self.session {
+            s.inherit(inherited);
+        }
+    }
+
+    /// Answers every waiting "charge now" at once.
+    fn answer_starts(&mut self, success: bool, message: String) {
+        let status = self.status.borrow().clone();
+        for w in self.start_waiters.drain(..) {
+            let _ = w.send(StartOutcome {
+                success,
+                message: message.clone(),
+                status: status.clone(),
+            });
+        }
+    }
+
+    /// The sentence for a charge that is not needed: SOC already at or above `target`.
+    fn already_reached(&self, target: TargetSoc) -> Option<String> {
+        let soc = self.status.borrow().soc?;
+        target.reached_by(soc).then(|| {
+            format!(
                 "Battery is already at {soc}, at or above the target {target}: nothing to charge"
-            );
-            info!(%soc, %target, "charge skipped: SOC already at or above the target");
+            )
+        })
+    }
+
+    /// The one start path, used by the schedule and by "charge now". Returns the sentence
+    /// saying why nothing starts when SOC is already at the target.
+    fn start(&mut self, origin: Origin, target: TargetSoc, now: Now) -> Option<String> {
+        if let Some(msg) = self.already_reached(target) {
+            info!(%target, "charge skipped: SOC already at or above the target");
             self.drop_spent_schedule();
             return Some(msg);
         }
+        let soc = self.status.borrow().soc;
         info!(?origin, %target, soc = ?soc.map(Soc::get), cutoff_h = self.cfg.params.cutoff.as_secs_f64() / 3600.0, "starting a charge");
         self.session = Some(Session::new(origin, target, now, &self.cfg.params, soc));
         // Saved before anything is written to the inverter.
@@ -447,16 +589,63 @@ impl Engine {
         }
     }
 
-    fn request_snapshot(&mut self) {
-        if self.snapshot_wanted && self.pending_snapshot.is_none() {
+    /// Asks for the inverter's settings: for a preparing session, or a minute ahead of a
+    /// scheduled start so that its first write is not held up by the read (a legacy dongle may
+    /// publish its hold banks only every few minutes, and some registers not at all).
+    fn request_snapshot(&mut self, now: Now) {
+        if self.pending_snapshot.is_some() {
+            return;
+        }
+        if self.snapshot_wanted {
             self.snapshot_wanted = false;
-            self.pending_snapshot = Some(self.dongle.snapshot(self.cfg.params.settings()));
+            let recent = self.prefetched.as_ref().is_some_and(|(at, snap)| {
+                snap.is_some() && now.mono.saturating_sub(*at) <= PREFETCH_VALID
+            });
+            let fresh = if recent {
+                Freshness::Cached
+            } else {
+                Freshness::Read
+            };
+            self.prefetched = None;
+            self.snapshot_is_prefetch = false;
+            self.pending_snapshot = Some(self.dongle.snapshot(self.cfg.params.settings(), fresh));
+            return;
+        }
+        if self.session.is_some() {
+            return;
+        }
+        let Some(Due::Wait(at)) = self.schedule.as_ref().map(|s| s.due(now.wall)) else {
+            return;
+        };
+        let ahead = Duration::try_from(at.duration_since(now.wall)).unwrap_or(Duration::ZERO);
+        if ahead <= PREFETCH_AHEAD && self.prefetch_for != Some(at) {
+            debug!(start = %at, "reading the inverter's settings ahead of the scheduled start");
+            self.prefetch_for = Some(at);
+            self.snapshot_is_prefetch = true;
+            self.pending_snapshot = Some(
+                self.dongle
+                    .snapshot(self.cfg.params.settings(), Freshness::Read),
+            );
         }
     }
 
     fn on_snapshot(&mut self, snap: Option<std::collections::BTreeMap<String, SettingValue>>) {
         self.pending_snapshot = None;
         let now = self.now();
+        let preparing = self
+            .session
+            .as_ref()
+            .is_some_and(|s| s.phase == Phase::Preparing);
+        if std::mem::take(&mut self.snapshot_is_prefetch) {
+            // Kept for the start: when it begins (or now, if it fired while this read was in
+            // flight) the session asks the client's cache, kept current by every hold message
+            // since, or reads afresh if this read found nothing.
+            self.prefetched = Some((now.mono, snap));
+            if preparing {
+                self.snapshot_wanted = true;
+            }
+            return;
+        }
         if snap.is_none() {
             warn!(
                 "the inverter's settings could not be read: the charge goes ahead, and at its end the windows are switched off and AC charging disabled instead of restoring earlier values"
@@ -544,6 +733,7 @@ impl Engine {
                 self.status.send_modify(|s| s.mqtt_connected = up);
             }
             DongleEvent::Undecodable => {
+                self.heard_dongle(now);
                 self.status.send_modify(|s| s.last_message = Some(now.wall));
                 if let Some(s) = &mut self.session {
                     s.on_dongle_message(now);
@@ -553,15 +743,45 @@ impl Engine {
         }
     }
 
+    /// Notes that the dongle was heard. One heard again after a silence, or back online, may
+    /// have rebooted with other settings: they are asked for again, so that a change made
+    /// meanwhile is seen (and ends a running charge as an override) within one report.
+    fn heard_dongle(&mut self, now: Now) {
+        let quiet_for = self.last_heard.map(|t| now.mono.saturating_sub(t));
+        let was_offline = self.status.borrow().dongle_online == Some(false);
+        self.last_heard = Some(now.mono);
+        if self.session.is_some() && (was_offline || quiet_for.is_some_and(|q| q >= COMEBACK_AFTER))
+        {
+            info!(
+                quiet_s = quiet_for.map(|q| q.as_secs()),
+                "the dongle is heard again; asking for its settings"
+            );
+            self.dongle.refresh();
+        }
+    }
+
     fn on_message(&mut self, now: Now, m: Message) {
+        if !matches!(m, Message::Availability { online: false }) {
+            self.heard_dongle(now);
+        }
         self.status.send_modify(|s| s.last_message = Some(now.wall));
         match m {
             Message::Telemetry(fields) => {
-                let t = codec::telemetry(&fields);
+                let mut t = codec::telemetry(&fields);
                 if !t.rejected.is_empty()
                     && let Some(held) = self.bad_values.allow(now.mono)
                 {
                     warn!(values = ?t.rejected, more_since_last_warning = held, "ignored out-of-range telemetry values");
+                }
+                if let Some(reading) = t.soc
+                    && let Verdict::Hold { reading, last } =
+                        self.soc_filter.offer(reading, now.mono)
+                {
+                    t.soc = None;
+                    if let Some(more) = self.held_soc.allow(now.mono) {
+                        warn!(%reading, %last, more_since_last_warning = more,
+                            "held back an implausible SOC reading until the next one confirms it");
+                    }
                 }
                 self.status.send_modify(|s| {
                     if t.soc.is_some() {
@@ -587,16 +807,7 @@ impl Engine {
                 }
             }
             Message::SettingUpdated(fields) => {
-                if let Some(s) = &mut self.session {
-                    let before = s.stop_reason;
-                    for (name, raw) in fields.iter() {
-                        let value = codec::setting_value(raw, value_like(name));
-                        s.on_setting_changed(now, name, value);
-                    }
-                    if before.is_none() && s.stop_reason == Some(StopReason::ExternalOverride) {
-                        warn!("{}", s.detail.clone().unwrap_or_default());
-                    }
-                }
+                self.on_settings_report(now, &fields, Report::Confirmed);
             }
             Message::FirmwareCode(code) => {
                 if self.status.borrow().firmware_code.as_deref() != Some(code.as_str()) {
@@ -611,12 +822,27 @@ impl Engine {
                 if let Some(s) = &mut self.session {
                     s.on_dongle_message(now);
                 }
+                self.on_settings_report(now, &fields, Report::Polled);
             }
             Message::WriteResponse { .. } | Message::Status { .. } | Message::Ignored => {
                 if let Some(s) = &mut self.session {
                     s.on_dongle_message(now);
                 }
             }
+        }
+    }
+
+    /// Settings as the dongle reports them, checked by a running session for another app's
+    /// change (on every firmware: hold banks, hold deltas, snapshots and `setting/updated`).
+    fn on_settings_report(&mut self, now: Now, fields: &codec::Fields, report: Report) {
+        let Some(s) = &mut self.session else { return };
+        let before = s.stop_reason;
+        for (name, raw) in fields.iter() {
+            let value = codec::setting_value(raw, value_like(name));
+            s.on_setting_reported(now, name, value, report);
+        }
+        if before.is_none() && s.stop_reason == Some(StopReason::ExternalOverride) {
+            warn!("{}", s.detail.clone().unwrap_or_default());
         }
     }
 
@@ -631,6 +857,7 @@ impl Engine {
             Command::Ping { reply } => {
                 let _ = reply.send(());
             }
+            Command::Inject(_) => {} // handled by the loop
             Command::CancelSchedule { reply } => {
                 if self.schedule.take().is_some() {
                     info!("schedule cancelled");
@@ -642,23 +869,28 @@ impl Engine {
             }
             Command::ChargeNow { target, reply } => {
                 if let Some(s) = &mut self.session {
-                    let (success, message) = if s.active_target().is_some() {
+                    let answer = if s.active_target().is_some() {
                         s.set_target(now, target);
-                        (true, format!("Already charging; target set to {target}"))
-                    } else {
-                        (
+                        Some((true, format!("Already charging; target set to {target}")))
+                    } else if !s.has_stopped_charging() {
+                        Some((
                             false,
-                            "The previous charge is still restoring the inverter's settings; try again in a few seconds".to_string(),
-                        )
+                            "The previous charge is still switching AC charging off; try again in a minute".to_string(),
+                        ))
+                    } else {
+                        // Only restoring: the new charge takes over after one write at most.
+                        None
                     };
-                    self.step();
-                    let status = self.status.borrow().clone();
-                    let _ = reply.send(StartOutcome {
-                        success,
-                        message,
-                        status,
-                    });
-                    return;
+                    if let Some((success, message)) = answer {
+                        self.step();
+                        let status = self.status.borrow().clone();
+                        let _ = reply.send(StartOutcome {
+                            success,
+                            message,
+                            status,
+                        });
+                        return;
+                    }
                 }
                 // Charging now leaves a one-shot schedule for "now", as the app expects.
                 let time = crate::domain::schedule::local_time_of(now.wall, &self.cfg.tz);
@@ -672,6 +904,12 @@ impl Engine {
                     last_run: Some(now.wall),
                     created_at: now.wall,
                 });
+                if self.session.is_some() {
+                    self.queued_start = Some((Origin::ChargeNow, target));
+                    self.start_waiters.push(reply);
+                    self.step();
+                    return;
+                }
                 match self.start(Origin::ChargeNow, target, now) {
                     Some(msg) => {
                         self.step();
@@ -729,6 +967,12 @@ impl Engine {
         note: Option<String>,
         reply: oneshot::Sender<StopOutcome>,
     ) {
+        if self.queued_start.take().is_some() {
+            self.answer_starts(
+                false,
+                format!("Charging was stopped before it began ({why})"),
+            );
+        }
         match &mut self.session {
             Some(s)
                 if s.is_charging()
@@ -754,7 +998,7 @@ impl Engine {
 
     fn answer_waiters(&mut self, _now: Now) {
         let status = self.status.borrow().clone();
-        if !self.start_waiters.is_empty() {
+        if !self.start_waiters.is_empty() && self.queued_start.is_none() {
             let outcome = match &self.session {
                 Some(s) if s.phase == Phase::Charging => Some(StartOutcome {
                     success: true,
@@ -813,6 +1057,9 @@ impl Engine {
             |t: Timestamp| Duration::try_from(t.duration_since(now.wall)).unwrap_or(Duration::ZERO);
         if let Some(Due::Wait(t)) = self.schedule.as_ref().map(|s| s.due(now.wall)) {
             d = d.min(until(t));
+            if self.prefetch_for != Some(t) {
+                d = d.min(until(t).saturating_sub(PREFETCH_AHEAD));
+            }
         }
         if let Some(t) = self.connect_grace {
             d = d.min(t.saturating_sub(now.mono));
@@ -936,6 +1183,7 @@ fn same_durable_state(a: &State, b: &State) -> bool {
                     x.snapshot.clone(),
                     x.stop_reason,
                     x.extra_writes.clone(),
+                    x.inherited.clone(),
                 )
             }),
         )

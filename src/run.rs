@@ -39,11 +39,7 @@ pub async fn serve(config_path: &Path, data_dir: &Path) -> anyhow::Result<()> {
     let listener = app::bind(&config.server.host, config.server.port).await?;
     let app = app::start(&config, data_dir, Clock::System, listener).await?;
     crate::systemd::ready(app.engine.clone());
-    shutdown_signal().await;
-    info!("shutting down");
-    crate::systemd::stopping();
-    app.shutdown().await;
-    Ok(())
+    app.run_until(shutdown_signal()).await
 }
 
 /// A running demo: broker, simulated dongle and service in this process.
@@ -103,11 +99,9 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     });
     let demo = start_demo(&args).await?;
     print_demo_banner(demo.app.addr, demo.broker_port, args.speed, &demo.data_dir);
-    shutdown_signal().await;
-    info!("shutting down the demo");
-    demo.app.shutdown().await;
+    let result = demo.app.run_until(shutdown_signal()).await;
     demo.sim.shutdown().await;
-    Ok(())
+    result
 }
 
 fn print_demo_banner(addr: std::net::SocketAddr, broker_port: u16, speed: f64, data: &Path) {

@@ -18,7 +18,10 @@ pub fn ready(engine: EngineHandle) {
         let mut tick = tokio::time::interval(interval / 2);
         loop {
             tick.tick().await;
-            if engine.ping(interval / 4).await {
+            if engine
+                .ping(interval / 4, &crate::clock::Clock::System)
+                .await
+            {
                 let _ = sd_notify::notify(&[NotifyState::Watchdog]);
             }
         }

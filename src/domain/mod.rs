@@ -2,4 +2,5 @@
 
 pub mod schedule;
 pub mod session;
+pub mod soc_filter;
 pub mod units;

@@ -58,6 +58,10 @@ const TAPER_POWER_W: f64 = 50.0;
 pub const STOP_RETRY_INTERVAL: Duration = Duration::from_secs(30);
 /// How often a restore write is tried before it is given up (the stop itself never is).
 const RESTORE_ATTEMPTS: u32 = 3;
+/// A polled report of the settings (a hold bank, a snapshot) may have been read from the
+/// inverter before a write the session made a moment ago: for this long after the session sent
+/// a setting, such a report of it is not taken as another app's change.
+pub const ECHO_GRACE: Duration = Duration::from_secs(20);
 
 /// What the session needs to know about the inverter and the rules, from config.
 #[derive(Debug, Clone, PartialEq)]
@@ -166,6 +170,15 @@ impl Write {
     }
 }
 
+/// How a setting's value reached the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    /// `setting/updated`: the dongle confirms a write that was just made.
+    Confirmed,
+    /// A hold bank, hold delta or snapshot: the register as the dongle last read it.
+    Polled,
+}
+
 /// What became of a write, as the dongle client reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteResult {
@@ -215,6 +228,10 @@ pub struct Session {
     pub energy_wh: Option<f64>,
     /// The write handed out and not yet answered. Persisted so a restart re-sends it.
     pub in_flight: Option<Write>,
+    /// Values from before an earlier charge that this one took over while that charge was
+    /// still putting them back: the stop restores these instead of what this session found.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inherited: BTreeMap<String, SettingValue>,
 
     #[serde(skip)]
     rt: Runtime,
@@ -233,6 +250,11 @@ struct Runtime {
     /// A failed stop/restore write may be retried from this instant.
     retry_at: Option<Duration>,
     attempts: u32,
+    /// When the session last sent each setting (lower-case name), for [`ECHO_GRACE`].
+    sent_at: BTreeMap<String, Duration>,
+    /// Every value the session sent while starting or charging: a report of one of them is
+    /// an echo of its own write, never another app's change.
+    sent: Vec<Write>,
 }
 
 impl Session {
@@ -270,6 +292,7 @@ impl Session {
             ended_at: None,
             energy_wh: None,
             in_flight: None,
+            inherited: BTreeMap::new(),
             rt: Runtime {
                 params: params.clone(),
                 started: Some(now.mono),
@@ -303,6 +326,71 @@ impl Session {
 
     pub fn is_finished(&self) -> bool {
         self.phase == Phase::Done
+    }
+
+    /// The charge is over from the user's point of view: `ACCharge = 0` is written (or was
+    /// never needed) and only restore writes, if any, remain.
+    pub fn has_stopped_charging(&self) -> bool {
+        !self.charging
+            && !matches!(
+                self.phase,
+                Phase::Preparing | Phase::Starting | Phase::Charging
+            )
+    }
+
+    /// A new charge wants the inverter while this one is still putting settings back: when no
+    /// write is in flight, this session ends here and hands over what it had still to restore
+    /// (setting -> value from before it), so the new charge restores those at its own end and
+    /// the inverter is still left as this one found it. `None` while a write is in flight or
+    /// when the session is not only restoring.
+    pub fn hand_over(&mut self, now: Now) -> Option<BTreeMap<String, SettingValue>> {
+        if !self.has_stopped_charging() || self.in_flight.is_some() {
+            return None;
+        }
+        let pending: BTreeMap<String, SettingValue> = self
+            .stop_plan
+            .get(self.stop_done..)
+            .unwrap_or_default()
+            .iter()
+            .map(|w| (w.setting.clone(), w.value))
+            .collect();
+        if !pending.is_empty() {
+            let names: Vec<&str> = pending.keys().map(String::as_str).collect();
+            let note = format!(
+                "a new charge began before {} were put back; it restores them at its end",
+                names.join(", ")
+            );
+            self.detail = Some(match self.detail.take() {
+                Some(d) => format!("{d}; {note}"),
+                None => note,
+            });
+        }
+        self.stop_done = self.stop_plan.len();
+        self.rt.retry_at = None;
+        self.ended_at.get_or_insert(now.wall);
+        self.phase = Phase::Done;
+        Some(pending)
+    }
+
+    /// Takes over what an earlier charge still had to restore (see [`Session::hand_over`]).
+    pub fn inherit(&mut self, pending: BTreeMap<String, SettingValue>) {
+        for setting in pending.keys() {
+            if setting != AC_CHARGE && !self.touched.contains(setting) {
+                self.touched.push(setting.clone());
+            }
+        }
+        self.inherited = pending;
+    }
+
+    /// What the stop writes back: the snapshot, with values inherited from an earlier charge
+    /// taking precedence (they are older).
+    fn restore_values(&self) -> Option<BTreeMap<String, SettingValue>> {
+        if self.inherited.is_empty() {
+            return self.snapshot.clone();
+        }
+        let mut merged = self.snapshot.clone().unwrap_or_default();
+        merged.extend(self.inherited.iter().map(|(k, v)| (k.clone(), *v)));
+        Some(merged)
     }
 
     /// True from when `ACCharge = 1` is sent until `ACCharge = 0` is.
@@ -398,6 +486,12 @@ impl Session {
                 self.charging = true;
             }
         }
+        if matches!(self.phase, Phase::Starting | Phase::Charging) {
+            self.rt.sent.push(w.clone());
+        }
+        self.rt
+            .sent_at
+            .insert(w.setting.to_ascii_lowercase(), now.mono);
         self.in_flight = Some(w.clone());
         Some(w)
     }
@@ -414,9 +508,17 @@ impl Session {
                     self.rt.attempts = 0;
                     self.skip_satisfied_start_writes(now);
                 }
-                WriteResult::Rejected(why)
-                | WriteResult::Unknown(why)
-                | WriteResult::NotSent(why) => {
+                WriteResult::Rejected(why) | WriteResult::NotSent(why) => {
+                    // Refused or never sent: the inverter kept its value, so there is nothing
+                    // of this write to put back (restoring it could only fail the same way).
+                    self.touched.retain(|t| *t != w.setting);
+                    if w.setting == AC_CHARGE {
+                        self.charging = false;
+                    }
+                    let detail = format!("could not set {} to {}: {why}", w.setting, w.value);
+                    self.begin_stop(now, StopReason::WriteFailed, detail);
+                }
+                WriteResult::Unknown(why) => {
                     let detail = format!("could not set {} to {}: {why}", w.setting, w.value);
                     self.begin_stop(now, StopReason::WriteFailed, detail);
                 }
@@ -425,7 +527,14 @@ impl Session {
                 if self.extra_writes.first() == Some(&w) {
                     self.extra_writes.remove(0);
                 }
-                if !matches!(result, WriteResult::Confirmed) {
+                if result == WriteResult::Confirmed {
+                    // What the inverter now holds, for telling another app's change from ours.
+                    if let Some(planned) =
+                        self.start_plan.iter_mut().find(|p| p.setting == w.setting)
+                    {
+                        planned.value = w.value;
+                    }
+                } else {
                     // The inverter keeps the old SOC limit; the backend's own watch still stops
                     // at the new target, so this is worth a note, not a stop.
                     self.detail = Some(format!("could not update {} to {}", w.setting, w.value));
@@ -543,27 +652,57 @@ impl Session {
         }
     }
 
-    /// A confirmed change of a setting (`setting/updated`) that the session did not make
-    /// itself: if another app switches AC charging off or moves the window while charging, the
+    /// A confirmed change of a setting (`setting/updated`, sent after every write, whoever
+    /// made it). See [`Session::on_setting_reported`].
+    pub fn on_setting_changed(&mut self, now: Now, setting: &str, value: Option<SettingValue>) {
+        self.on_setting_reported(now, setting, value, Report::Confirmed);
+    }
+
+    /// A setting's value as the dongle reports it. If another app switched AC charging off,
+    /// moved the window or changed the SOC limit while this session starts or charges, the
     /// user has taken over and the session ends without fighting them: their change stays, the
     /// session's other changes are put back.
-    pub fn on_setting_changed(&mut self, now: Now, setting: &str, value: Option<SettingValue>) {
-        if let Some(w) = &self.in_flight
-            && w.setting.eq_ignore_ascii_case(setting)
-        {
-            return; // our own write being confirmed
-        }
+    ///
+    /// Not an override: a value the session itself sent (a late echo, or the old SOC limit of
+    /// a target it has since changed), a setting whose write is in flight or queued, and a
+    /// [`Report::Polled`] value within [`ECHO_GRACE`] of the session sending that setting (the
+    /// bank may have been read before the write applied) or that could not be read.
+    pub fn on_setting_reported(
+        &mut self,
+        now: Now,
+        setting: &str,
+        value: Option<SettingValue>,
+        report: Report,
+    ) {
         if !matches!(self.phase, Phase::Starting | Phase::Charging) {
             return;
         }
-        // What the charge relies on: the start writes done, whether confirmed or skipped because
-        // the inverter already had the value (an `ACCharge` that was on before counts too). The
-        // SOC limit is left out: the session moves it itself on a new target, the echo of that
-        // write cannot be told from another app's, and the session's own SOC watch is the
-        // primary stop anyway.
-        let ours = self.start_plan[..self.start_done]
+        let same = |w: &Write| w.setting.eq_ignore_ascii_case(setting);
+        if self.in_flight.as_ref().is_some_and(same) || self.extra_writes.iter().any(same) {
+            return; // our own write being made
+        }
+        if report == Report::Polled {
+            let recent = self
+                .rt
+                .sent_at
+                .get(&setting.to_ascii_lowercase())
+                .is_some_and(|at| now.mono.saturating_sub(*at) < ECHO_GRACE);
+            if recent || value.is_none() {
+                return;
+            }
+        }
+        if self
+            .rt
+            .sent
             .iter()
-            .find(|w| w.setting != SOC_LIMIT && w.setting.eq_ignore_ascii_case(setting));
+            .any(|w| same(w) && Some(w.value) == value)
+        {
+            return;
+        }
+        // What the charge relies on: the start writes done, whether confirmed or skipped because
+        // the inverter already had the value (an `ACCharge` that was on before counts too), with
+        // the SOC limit of the latest confirmed target.
+        let ours = self.start_plan[..self.start_done].iter().find(|w| same(w));
         let Some(ours) = ours.filter(|w| value != Some(w.value)).cloned() else {
             return;
         };
@@ -597,7 +736,7 @@ impl Session {
         self.charging = false;
         self.ended_at = Some(now.wall);
         self.extra_writes.clear();
-        self.stop_plan = stop_plan(&restore, self.snapshot.as_ref(), false);
+        self.stop_plan = stop_plan(&restore, self.restore_values().as_ref(), false);
         self.stop_done = 0;
         self.rt.attempts = 0;
         self.rt.retry_at = None;
@@ -746,7 +885,7 @@ impl Session {
         {
             self.touched.push(w.setting);
         }
-        self.stop_plan = stop_plan(&self.touched, self.snapshot.as_ref(), self.charging);
+        self.stop_plan = stop_plan(&self.touched, self.restore_values().as_ref(), self.charging);
         self.stop_done = 0;
         self.rt.attempts = 0;
         self.rt.retry_at = None;
@@ -1543,11 +1682,11 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_start_write_rolls_back_only_what_was_sent() {
-        for failure in [
-            WriteResult::Rejected("status: fail".into()),
-            WriteResult::Unknown("no reply in 15 s".into()),
-            WriteResult::NotSent("broker down".into()),
+    fn a_failed_start_write_rolls_back_only_what_may_have_changed() {
+        for (failure, may_have_applied) in [
+            (WriteResult::Rejected("status: fail".into()), false),
+            (WriteResult::Unknown("no reply in 15 s".into()), true),
+            (WriteResult::NotSent("broker down".into()), false),
         ] {
             let mut s = new_session(80, 40);
             s.on_snapshot(t0(), Some(found()), &la());
@@ -1559,21 +1698,21 @@ mod tests {
                     WriteResult::Confirmed
                 }
             });
-            assert_eq!(
-                sent,
-                [
-                    set(SOC_LIMIT, 80),
-                    set(CHARGE_TYPE, 2),
-                    set(BAT_CHG_CONTROL, 0),
-                    window_start.clone(),
-                    // The failed write may still apply, so it is restored too.
-                    set(SOC_LIMIT, 100),
-                    set(CHARGE_TYPE, 0),
-                    set(BAT_CHG_CONTROL, 1),
-                    set_time("ACChgStart", "23:00"),
-                ],
-                "{failure:?}"
-            );
+            let mut expected = vec![
+                set(SOC_LIMIT, 80),
+                set(CHARGE_TYPE, 2),
+                set(BAT_CHG_CONTROL, 0),
+                window_start.clone(),
+                set(SOC_LIMIT, 100),
+                set(CHARGE_TYPE, 0),
+                set(BAT_CHG_CONTROL, 1),
+            ];
+            // A write that timed out may still apply, so it is restored too; one refused or
+            // never sent left the setting as it was.
+            if may_have_applied {
+                expected.push(set_time("ACChgStart", "23:00"));
+            }
+            assert_eq!(sent, expected, "{failure:?}");
             assert_eq!(s.stop_reason, Some(StopReason::WriteFailed));
             assert!(s.detail.as_deref().unwrap().contains("ACChgStart"));
             assert!(s.is_finished());

@@ -78,8 +78,22 @@ enum Command {
     },
     Snapshot {
         settings: Vec<String>,
+        fresh: Freshness,
         reply: oneshot::Sender<Option<BTreeMap<String, SettingValue>>>,
     },
+    /// Asks a >= 4.3 dongle for a full dump; the answer arrives as ordinary hold messages.
+    Refresh,
+}
+
+/// How fresh a snapshot must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Read now: a snapshot request where the firmware has one, else the next hold banks
+    /// (bounded by the read-back timeout).
+    Read,
+    /// The cache as it stands (kept current by hold banks, deltas and confirmed writes), for a
+    /// start right after a [`Freshness::Read`] made ahead of it. Answers at once.
+    Cached,
 }
 
 /// A message as the writer sees it: with its topic and retained flag.
@@ -117,20 +131,30 @@ impl DongleHandle {
         rx
     }
 
-    /// The current values of `settings`, freshly read where the firmware allows.
+    /// The current values of `settings`, as fresh as `fresh` asks.
     pub fn snapshot(
         &self,
         settings: Vec<String>,
+        fresh: Freshness,
     ) -> oneshot::Receiver<Option<BTreeMap<String, SettingValue>>> {
         let (reply, rx) = oneshot::channel();
         if let Err(
             mpsc::error::TrySendError::Full(Command::Snapshot { reply, .. })
             | mpsc::error::TrySendError::Closed(Command::Snapshot { reply, .. }),
-        ) = self.cmds.try_send(Command::Snapshot { settings, reply })
-        {
+        ) = self.cmds.try_send(Command::Snapshot {
+            settings,
+            fresh,
+            reply,
+        }) {
             let _ = reply.send(None);
         }
         rx
+    }
+
+    /// Asks the dongle to report all its settings again (>= 4.3; older firmware reports its
+    /// hold banks on its own timer). Best effort: nothing waits for the answer.
+    pub fn refresh(&self) {
+        let _ = self.cmds.try_send(Command::Refresh);
     }
 
     pub fn is_connected(&self) -> bool {
@@ -373,9 +397,14 @@ impl Writer {
                         );
                         let _ = reply.send(result);
                     }
-                    Some(Command::Snapshot { settings, reply }) => {
-                        let snap = self.snapshot(&settings).await;
+                    Some(Command::Snapshot { settings, fresh, reply }) => {
+                        let snap = self.snapshot(&settings, fresh).await;
                         let _ = reply.send(snap);
+                    }
+                    Some(Command::Refresh) => {
+                        if self.firmware != Firmware::Legacy {
+                            let _ = self.publish("snapshot/request", encode_snapshot_request()).await;
+                        }
                     }
                     None => break,
                 },
@@ -533,9 +562,19 @@ impl Writer {
 
     /// The current values of `settings`: on >= 4.3 (or unknown firmware) a fresh snapshot is
     /// requested; on older firmware the cache is used when it holds them all, else the next
-    /// hold banks are awaited (bounded).
-    async fn snapshot(&mut self, settings: &[String]) -> Option<BTreeMap<String, SettingValue>> {
+    /// hold banks are awaited (bounded). [`Freshness::Cached`] answers from the cache at once.
+    async fn snapshot(
+        &mut self,
+        settings: &[String],
+        fresh: Freshness,
+    ) -> Option<BTreeMap<String, SettingValue>> {
         let have_all = |cache: &Fields| settings.iter().all(|s| cache.get(s).is_some());
+        if fresh == Freshness::Cached {
+            while let Ok(m) = self.inbound.try_recv() {
+                self.absorb(&m);
+            }
+            return self.snapshot_from_cache(settings);
+        }
         let fresh_needed = self.firmware != Firmware::Legacy;
         if fresh_needed
             && let Err(e) = self
@@ -558,6 +597,10 @@ impl Writer {
                 _ = self.clock.sleep_until(deadline) => break,
             }
         }
+        self.snapshot_from_cache(settings)
+    }
+
+    fn snapshot_from_cache(&self, settings: &[String]) -> Option<BTreeMap<String, SettingValue>> {
         let snap: BTreeMap<String, SettingValue> = settings
             .iter()
             .filter_map(|s| {

@@ -33,7 +33,8 @@ pub fn now_stamp(t: Timestamp, tz: &TimeZone) -> String {
 #[derive(Serialize, utoipa::ToSchema)]
 #[schema(example = json!({"status": "ok", "mqtt_connected": true, "version": "1.0.0", "uptime_seconds": 12.5}))]
 pub struct Health {
-    /// Always `ok` while the service answers.
+    /// `ok`, or `degraded` (with HTTP 503 and a `reason`) when the engine that runs the
+    /// schedule and the charges does not answer.
     #[schema(example = "ok")]
     pub status: &'static str,
     pub mqtt_connected: bool,
@@ -41,6 +42,9 @@ pub struct Health {
     #[schema(example = "1.0.0")]
     pub version: &'static str,
     pub uptime_seconds: f64,
+    /// Why the service is degraded; absent when it is `ok`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Serialize, Debug, PartialEq, utoipa::ToSchema)]

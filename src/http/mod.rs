@@ -196,18 +196,44 @@ fn presented_key(h: &HeaderMap) -> Option<&str> {
         .then_some(token.trim())
 }
 
+/// How long health waits for the engine to answer a ping.
+pub const HEALTH_PING: Duration = Duration::from_secs(2);
+
 /// Liveness and the broker connection.
 ///
-/// Open also when an API key is configured.
+/// The engine (which fires the schedule and runs every charge) is asked for a sign of life:
+/// when it does not answer within 2 s the answer is 503 with `"status": "degraded"` and a
+/// `reason`, so that a container healthcheck or an uptime monitor sees a service that no
+/// longer charges. Open also when an API key is configured.
 #[utoipa::path(get, path = "/api/health", tag = "status",
-    responses((status = 200, description = "The service is up.", body = dto::Health)))]
-async fn health(State(s): State<Arc<ApiState>>) -> Json<dto::Health> {
-    Json(dto::Health {
-        status: "ok",
-        mqtt_connected: s.engine.status().mqtt_connected,
-        version: env!("CARGO_PKG_VERSION"),
-        uptime_seconds: (s.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
-    })
+    responses(
+        (status = 200, description = "The service is up and its engine answers.", body = dto::Health),
+        (status = 503, description = "The engine does not answer: the service cannot charge.", body = dto::Health),
+    ))]
+async fn health(State(s): State<Arc<ApiState>>) -> (StatusCode, Json<dto::Health>) {
+    let alive = s.engine.ping(HEALTH_PING, &s.clock).await;
+    let (code, status, reason) = if alive {
+        (StatusCode::OK, "ok", None)
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "degraded",
+            Some(format!(
+                "the engine did not answer within {} s: schedules and charges are not being run",
+                HEALTH_PING.as_secs()
+            )),
+        )
+    };
+    (
+        code,
+        Json(dto::Health {
+            status,
+            mqtt_connected: s.engine.status().mqtt_connected,
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_seconds: (s.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+            reason,
+        }),
+    )
 }
 
 /// The schedule, or null when there is none.

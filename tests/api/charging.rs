@@ -176,7 +176,7 @@ async fn metrics_show_the_battery_the_charge_and_the_writes_in_prometheus_format
 async fn the_engine_answers_a_watchdog_ping_while_it_runs_and_not_after_it_stopped() {
     let mut w = World::start(Setup::default()).await;
     let engine = w.app.as_ref().unwrap().engine.clone();
-    assert!(engine.ping(Duration::from_secs(5)).await);
+    assert!(engine.ping(Duration::from_secs(5), &w.clock.clock()).await);
     w.shutdown().await;
-    assert!(!engine.ping(Duration::from_secs(5)).await);
+    assert!(!engine.ping(Duration::from_secs(5), &w.clock.clock()).await);
 }
