@@ -119,9 +119,16 @@ impl App {
                 .await
             };
             tokio::select! {
+                biased;
                 r = engine => r,
                 r = others => r,
             }
+        };
+        // A dongle task ends when the engine that drove it is gone: report the cause.
+        let (name, joined) = if name != "engine" && self.engine_task.is_finished() {
+            ("engine", (&mut self.engine_task).await)
+        } else {
+            (name, joined)
         };
         match joined {
             Ok(()) => format!("the {name} task ended unexpectedly"),

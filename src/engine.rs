@@ -252,8 +252,9 @@ pub struct Engine {
     prefetch_for: Option<Timestamp>,
     /// The snapshot in flight is a read ahead, not a session's.
     snapshot_is_prefetch: bool,
-    /// When the dongle was last heard (monotonic).
+    /// When the dongle was last heard, and last asked for its settings (monotonic).
     last_heard: Option<Duration>,
+    last_refresh: Option<Duration>,
 }
 
 /// Builds the engine from the stored state and returns it with its handle. Nothing runs until
@@ -304,6 +305,7 @@ pub fn new(
         prefetch_for: None,
         snapshot_is_prefetch: false,
         last_heard: None,
+        last_refresh: None,
     };
     let handle = EngineHandle {
         cmds: cmd_tx,
@@ -336,9 +338,6 @@ const PREFETCH_AHEAD: Duration = Duration::from_secs(60);
 /// How old settings read ahead may be and still serve a start (a clock jump or a late fire
 /// makes them stale).
 const PREFETCH_VALID: Duration = Duration::from_secs(180);
-/// A dongle heard again after this long without a message may have rebooted with other
-/// settings: they are asked for again.
-const COMEBACK_AFTER: Duration = Duration::from_secs(30);
 /// How long a start waits for the broker connection before its first write (see
 /// `Engine::connect_grace`).
 const BOOT_CONNECT_GRACE: Duration = Duration::from_secs(15);
@@ -743,19 +742,26 @@ impl Engine {
         }
     }
 
-    /// Notes that the dongle was heard. One heard again after a silence, or back online, may
-    /// have rebooted with other settings: they are asked for again, so that a change made
-    /// meanwhile is seen (and ends a running charge as an override) within one report.
+    /// Notes that the dongle was heard. One heard again after a silence of half the stale
+    /// limit or more (shorter than a reboot, longer than its reports are apart), or back
+    /// online, may have come back with other settings: during a charge they are asked for
+    /// again (at most once per stale limit), so that a change made meanwhile is seen, and ends
+    /// the charge as an override, within one report.
     fn heard_dongle(&mut self, now: Now) {
         let quiet_for = self.last_heard.map(|t| now.mono.saturating_sub(t));
         let was_offline = self.status.borrow().dongle_online == Some(false);
         self.last_heard = Some(now.mono);
-        if self.session.is_some() && (was_offline || quiet_for.is_some_and(|q| q >= COMEBACK_AFTER))
-        {
+        let stale = self.cfg.params.stale_after;
+        let came_back = was_offline || quiet_for.is_some_and(|q| q >= stale / 2);
+        let asked_lately = self
+            .last_refresh
+            .is_some_and(|t| now.mono.saturating_sub(t) < stale);
+        if self.session.is_some() && came_back && !asked_lately {
             info!(
                 quiet_s = quiet_for.map(|q| q.as_secs()),
                 "the dongle is heard again; asking for its settings"
             );
+            self.last_refresh = Some(now.mono);
             self.dongle.refresh();
         }
     }

@@ -395,10 +395,13 @@ async fn charging_enable(
     // A dongle that answers slowly can make a start take minutes (each unanswered write
     // waits, is read back and retried); the app's request would time out first. Past this
     // bound the answer says where things stand and the start goes on.
-    let outcome = match tokio::time::timeout(ENABLE_WAIT, s.engine.charge_now(req.target_soc)).await
-    {
-        Ok(outcome) => outcome?,
-        Err(_) => {
+    let waited = tokio::select! {
+        outcome = s.engine.charge_now(req.target_soc) => Some(outcome),
+        _ = s.clock.sleep(ENABLE_WAIT) => None,
+    };
+    let outcome = match waited {
+        Some(outcome) => outcome?,
+        None => {
             let status = s.engine.status();
             crate::engine::StartOutcome {
                 success: status.is_charging(),

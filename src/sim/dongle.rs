@@ -62,6 +62,9 @@ pub struct SimConfig {
     pub serial: String,
     /// Broker username and password, for brokers that require them.
     pub credentials: Option<(String, String)>,
+    /// Registers a legacy `holdbank1` leaves out (real firmware spreads its registers over
+    /// several banks, and some publish only the first).
+    pub bank_omits: Vec<String>,
 }
 
 impl Default for SimConfig {
@@ -81,6 +84,7 @@ impl Default for SimConfig {
             fw_code: "FAAB".to_string(),
             serial: "BA00000001".to_string(),
             credentials: None,
+            bank_omits: Vec::new(),
         }
     }
 }
@@ -355,9 +359,17 @@ impl Core {
         if !self.fault.talks() {
             return;
         }
+        let mut bank = self.model.hold_map();
+        bank.retain(|k, _| {
+            !self
+                .cfg
+                .bank_omits
+                .iter()
+                .any(|o| o.eq_ignore_ascii_case(k))
+        });
         let msg = json!({
             "Serialnumber": self.cfg.serial,
-            "payload": self.model.hold_map(),
+            "payload": bank,
             "events": {},
         });
         self.publish_json("holdbank1", &msg);

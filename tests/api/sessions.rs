@@ -31,16 +31,18 @@ const MIN: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3600);
 
 /// How a test wants its world, beyond what [`Setup`] offers.
-struct Knobs {
-    firmware: Firmware,
-    soc: f64,
-    max_charge_w: f64,
+pub(crate) struct Knobs {
+    pub firmware: Firmware,
+    pub soc: f64,
+    pub max_charge_w: f64,
     /// Legacy `holdbank1` period; `None` turns hold polling off.
-    hold_interval: Option<Duration>,
+    pub hold_interval: Option<Duration>,
     /// Extra YAML under `charging:`.
-    charging: &'static str,
+    pub charging: &'static str,
     /// The inverter has AC charging switched on before any charge (for its own window).
-    ac_charge_before: bool,
+    pub ac_charge_before: bool,
+    /// Registers the legacy hold bank leaves out.
+    pub bank_omits: &'static [&'static str],
 }
 
 impl Default for Knobs {
@@ -52,6 +54,7 @@ impl Default for Knobs {
             hold_interval: Some(MIN),
             charging: "min_write_interval_ms: 0",
             ac_charge_before: false,
+            bank_omits: &[],
         }
     }
 }
@@ -65,7 +68,7 @@ static CLIENT_IDS: AtomicU32 = AtomicU32::new(0);
 /// The inverter gets settings of its own before anything connects (so that every hold bank a
 /// legacy dongle sends carries them); returns the world and every register as a charge will
 /// find it.
-async fn world(k: Knobs) -> (World, BTreeMap<String, HoldValue>) {
+pub(crate) async fn world(k: Knobs) -> (World, BTreeMap<String, HoldValue>) {
     let setup = Setup::default();
     let broker = start_embedded_broker(0).expect("embedded broker");
     let clock = ManualClock::new(setup.wall);
@@ -75,6 +78,7 @@ async fn world(k: Knobs) -> (World, BTreeMap<String, HoldValue>) {
         initial_soc: k.soc,
         max_charge_w: k.max_charge_w,
         hold_interval: k.hold_interval,
+        bank_omits: k.bank_omits.iter().map(|s| s.to_string()).collect(),
         tz: tz(),
         ..Default::default()
     };
@@ -99,7 +103,7 @@ async fn world(k: Knobs) -> (World, BTreeMap<String, HoldValue>) {
 
 /// Gives the inverter settings of its own, so that a restore to defaults would show; returns
 /// every register.
-fn own_settings(sim: &SimHandle, ac_charge: bool) -> BTreeMap<String, HoldValue> {
+pub(crate) fn own_settings(sim: &SimHandle, ac_charge: bool) -> BTreeMap<String, HoldValue> {
     for (name, value) in [
         ("ACChgSOCLimit", HoldValue::Int(95)),
         ("ACChargeType", HoldValue::Int(1)),
@@ -114,7 +118,7 @@ fn own_settings(sim: &SimHandle, ac_charge: bool) -> BTreeMap<String, HoldValue>
 
 /// The inverter is exactly as it was found: AC charging off unless it was on before, every
 /// other register as it was.
-fn assert_left_as_found(w: &World, before: &BTreeMap<String, HoldValue>) {
+pub(crate) fn assert_left_as_found(w: &World, before: &BTreeMap<String, HoldValue>) {
     let now = w.sim.state().borrow().clone();
     assert_eq!(
         ac_on(&now),
@@ -124,26 +128,26 @@ fn assert_left_as_found(w: &World, before: &BTreeMap<String, HoldValue>) {
     assert_eq!(&now.holds, before, "the inverter is left as it was found");
 }
 
-async fn history(w: &World) -> Vec<Value> {
+pub(crate) async fn history(w: &World) -> Vec<Value> {
     let (code, body) = w.get("/api/charge/history").await;
     assert_eq!(code, 200, "{body}");
     body.as_array().expect("a list").clone()
 }
 
 /// The only history entry, which must give `reason`.
-async fn the_one_session_ended_for(w: &World, reason: &str) -> Value {
+pub(crate) async fn the_one_session_ended_for(w: &World, reason: &str) -> Value {
     let h = history(w).await;
     assert_eq!(h.len(), 1, "one session: {h:#?}");
     assert_eq!(h[0]["stop_reason"], reason, "{:#}", h[0]);
     h[0].clone()
 }
 
-fn phase(s: &Status) -> Option<Phase> {
+pub(crate) fn phase(s: &Status) -> Option<Phase> {
     s.session.as_ref().map(|v| v.phase)
 }
 
 /// Starts a charge now through the API and checks that it is running.
-async fn charge_now(w: &World, target: u8) {
+pub(crate) async fn charge_now(w: &World, target: u8) {
     let (code, body) = w
         .post("/api/charging/enable", json!({"target_soc": target}))
         .await;
@@ -154,7 +158,7 @@ async fn charge_now(w: &World, target: u8) {
 }
 
 /// A POST whose answer is awaited later, for requests that wait on writes the test drives.
-fn post_later(w: &World, path: &str, body: Value) -> JoinHandle<(u16, Value)> {
+pub(crate) fn post_later(w: &World, path: &str, body: Value) -> JoinHandle<(u16, Value)> {
     let http = w.http.clone();
     let url = format!("{}{path}", w.base);
     tokio::spawn(async move {
@@ -164,7 +168,7 @@ fn post_later(w: &World, path: &str, body: Value) -> JoinHandle<(u16, Value)> {
     })
 }
 
-async fn answer(h: JoinHandle<(u16, Value)>) -> (u16, Value) {
+pub(crate) async fn answer(h: JoinHandle<(u16, Value)>) -> (u16, Value) {
     tokio::time::timeout(GUARD, h)
         .await
         .expect("the request is answered")
@@ -176,7 +180,7 @@ async fn answer(h: JoinHandle<(u16, Value)>) -> (u16, Value) {
 /// jump with a write in flight passes the write's 15 s timeout before the dongle's answer can
 /// arrive; the service copes by reading the value back, but these tests should not lean on
 /// that.) Returns the inverter as the session left it.
-async fn run_to_the_end(w: &World, limit: Duration) -> SimState {
+pub(crate) async fn run_to_the_end(w: &World, limit: Duration) -> SimState {
     let mut elapsed = Duration::ZERO;
     while w.status().session.is_some() {
         assert!(
@@ -198,17 +202,17 @@ async fn run_to_the_end(w: &World, limit: Duration) -> SimState {
 
 /// Lets `n` minutes of charging pass a minute at a time: telemetry keeps coming (one jump
 /// longer than `stale_after` would look like a dongle gone quiet).
-async fn minutes(w: &World, n: u32) {
+pub(crate) async fn minutes(w: &World, n: u32) {
     for _ in 0..n {
         w.tick(MIN).await;
     }
 }
 
-fn writes_of(s: &SimState, setting: &str) -> usize {
+pub(crate) fn writes_of(s: &SimState, setting: &str) -> usize {
     s.writes.iter().filter(|r| r.setting == setting).count()
 }
 
-fn written(s: &SimState) -> Vec<(String, String)> {
+pub(crate) fn written(s: &SimState) -> Vec<(String, String)> {
     s.writes
         .iter()
         .map(|r| (r.setting.clone(), r.value.to_string()))
@@ -216,13 +220,13 @@ fn written(s: &SimState) -> Vec<(String, String)> {
 }
 
 /// A plain MQTT client on the broker: another app talking to the dongle, or an observer.
-struct Peer {
+pub(crate) struct Peer {
     client: AsyncClient,
     rx: mpsc::UnboundedReceiver<rumqttc::Publish>,
 }
 
 impl Peer {
-    async fn connect(w: &World) -> Peer {
+    pub(crate) async fn connect(w: &World) -> Peer {
         let id = CLIENT_IDS.fetch_add(1, Ordering::Relaxed);
         let opts = MqttOptions::new(format!("peer-{id}"), "127.0.0.1", w.broker.port);
         let (client, mut eventloop) = AsyncClient::new(opts, 64);
@@ -252,7 +256,7 @@ impl Peer {
     }
 
     /// Waits for the next message on `suffix`, skipping others.
-    async fn expect(&mut self, suffix: &str) -> Value {
+    pub(crate) async fn expect(&mut self, suffix: &str) -> Value {
         let topic = format!("{PREFIX}/{suffix}");
         tokio::time::timeout(GUARD, async {
             loop {
@@ -266,7 +270,20 @@ impl Peer {
         .unwrap_or_else(|_| panic!("no message on {suffix}"))
     }
 
-    async fn write(&self, setting: &str, value: Value) {
+    /// Publishes `payload` on the dongle's `suffix` topic, as if the dongle had sent it.
+    pub(crate) async fn publish(&self, suffix: &str, payload: Value) {
+        self.client
+            .publish(
+                format!("{PREFIX}/{suffix}"),
+                QoS::AtLeastOnce,
+                false,
+                payload.to_string(),
+            )
+            .await
+            .unwrap();
+    }
+
+    pub(crate) async fn write(&self, setting: &str, value: Value) {
         let payload = json!({"setting": setting, "value": value, "from": "another-app"});
         self.client
             .publish(
