@@ -59,6 +59,7 @@ EXPOSE 8088
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["/usr/local/bin/solar-charging-backend", "healthcheck"]
 
-# The binary handles SIGTERM itself (it is PID 1 here) and exits within 5 s, inside Docker's
-# default 10 s stop timeout.
+# The binary handles SIGTERM itself (it is PID 1 here): idle, it exits at once; with a dongle
+# write in flight it first waits for its answer, at most one write timeout (15 s by default),
+# so give the container `docker stop -t 30` (docker-compose.yml sets stop_grace_period).
 ENTRYPOINT ["/usr/local/bin/solar-charging-backend", "--config", "/app/config.yaml", "--data-dir", "/app/data"]
