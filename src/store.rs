@@ -15,60 +15,17 @@ use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::domain::schedule::Schedule;
-use crate::domain::session::{Origin, Session, StopReason};
-use crate::domain::units::{LocalTime, Mode, Soc, TargetSoc};
+use crate::domain::units::{LocalTime, Mode, TargetSoc};
 
 pub const STATE_FILE: &str = "state.json";
 pub const HISTORY_FILE: &str = "history.jsonl";
 pub const LEGACY_SCHEDULE_FILE: &str = "schedule.json";
 /// The state format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub use crate::domain::state::{FORMAT_VERSION, SessionRecord, State};
 pub const HISTORY_LIMIT: usize = 1000;
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct State {
-    pub version: u32,
-    pub schedule: Option<Schedule>,
-    pub session: Option<Session>,
-}
-
-/// One finished charge, as kept in the history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SessionRecord {
-    pub id: String,
-    pub origin: Origin,
-    pub target_soc: TargetSoc,
-    pub started_at: Timestamp,
-    pub ended_at: Timestamp,
-    pub start_soc: Option<Soc>,
-    pub end_soc: Option<Soc>,
-    pub stop_reason: Option<StopReason>,
-    pub detail: Option<String>,
-    pub energy_wh: Option<f64>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub restore_failures: Vec<String>,
-}
-
-impl SessionRecord {
-    pub fn of(s: &Session, now: Timestamp) -> SessionRecord {
-        SessionRecord {
-            id: s.id.clone(),
-            origin: s.origin,
-            target_soc: s.target,
-            started_at: s.started_at,
-            ended_at: s.ended_at.unwrap_or(now),
-            start_soc: s.start_soc,
-            end_soc: s.last_soc,
-            stop_reason: s.stop_reason,
-            detail: s.detail.clone(),
-            energy_wh: s.energy_wh.map(|e| (e * 10.0).round() / 10.0),
-            restore_failures: s.restore_failures.clone(),
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -323,6 +280,7 @@ fn import_legacy(bytes: &[u8], now: Timestamp, tz: &TimeZone) -> Result<Option<S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::session::{Origin, StopReason};
 
     fn tz() -> TimeZone {
         TimeZone::get("Europe/London").unwrap()

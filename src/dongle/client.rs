@@ -85,16 +85,7 @@ enum Command {
     Refresh,
 }
 
-/// How fresh a snapshot must be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Freshness {
-    /// Read now: a snapshot request where the firmware has one, else the next hold banks
-    /// (bounded by the read-back timeout).
-    Read,
-    /// The cache as it stands (kept current by hold banks, deltas and confirmed writes), for a
-    /// start right after a [`Freshness::Read`] made ahead of it. Answers at once.
-    Cached,
-}
+pub use crate::domain::core::Freshness;
 
 /// A message as the writer sees it: with its topic and retained flag.
 struct Inbound {

@@ -1,0 +1,1171 @@
+//! The engine's decisions as a pure state machine: [`EngineCore::handle`] takes one
+//! [`Input`] and the time, and returns the [`Effect`]s to carry out, as plain data. No IO, no
+//! clock reads, no tasks: the tokio engine ([`crate::engine`]) is a thin loop that feeds it
+//! inputs and performs its effects, and a simulator can drive it through whole nights.
+//!
+//! It owns the schedule, the charge session and what the service knows of the dongle. After
+//! every input it: fires a due schedule, begins a charge that waited for the previous one's
+//! restore, asks for the inverter's settings (for a start, or a minute ahead of one), hands
+//! out the next write, ends a finished session, drops a spent once schedule, saves what
+//! changed, and answers the API calls waiting for an outcome.
+//!
+//! Contract with the driver:
+//! * effects are carried out in the order given;
+//! * every [`Effect::Write`] is answered by exactly one [`Input::WriteDone`], every
+//!   [`Effect::Snapshot`] by one [`Input::SnapshotDone`], and an [`Effect::Save`] with a
+//!   ticket by one [`Input::SaveDone`] before any other input;
+//! * [`EngineCore::next_wake`] says when to feed [`Input::Tick`] at the latest.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use tracing::{debug, info, warn};
+
+use crate::domain::schedule::{Due, Schedule, ScheduleError};
+use crate::domain::session::{
+    AC_CHARGE, ChargeParams, Now, Origin, Phase, Report, Session, StopReason, Write, WriteResult,
+};
+use crate::domain::soc_filter::{SocFilter, SocRule, Verdict};
+use crate::domain::state::{FORMAT_VERSION, SessionRecord, State};
+use crate::domain::throttle::Throttle;
+use crate::domain::units::{Days, LocalTime, Mode, SettingValue, Soc, TargetSoc};
+
+/// How far ahead of a scheduled start the inverter's settings are read.
+pub const PREFETCH_AHEAD: Duration = Duration::from_secs(60);
+/// How old settings read ahead may be and still serve a start (a clock jump or a late fire
+/// makes them stale).
+const PREFETCH_VALID: Duration = Duration::from_secs(180);
+/// How long a start waits for the broker connection before its first write (see
+/// `EngineCore::connect_grace`).
+const BOOT_CONNECT_GRACE: Duration = Duration::from_secs(15);
+
+/// What the core needs from config.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub params: ChargeParams,
+    pub tz: TimeZone,
+    /// The longest the engine sleeps before re-reading the wall clock.
+    pub check_interval: Duration,
+    /// Which SOC readings are believed at once.
+    pub soc_rule: SocRule,
+}
+
+/// A schedule as the API sets it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleInput {
+    pub target: TargetSoc,
+    pub time: LocalTime,
+    pub mode: Mode,
+    pub enabled: bool,
+    pub days: Option<Days>,
+    /// An exact first run (ISO-8601 start with offset).
+    pub first_run: Option<Timestamp>,
+}
+
+/// The outcome of "charge now".
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartOutcome {
+    pub success: bool,
+    pub message: String,
+    pub status: Status,
+}
+
+/// The outcome of a stop request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StopOutcome {
+    pub success: bool,
+    pub message: String,
+    pub stopped_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
+    #[error("the state could not be saved: {0}")]
+    Store(String),
+    #[error("the service is shutting down")]
+    ShuttingDown,
+}
+
+/// What a running session looks like from outside.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionView {
+    pub origin: Origin,
+    pub target: TargetSoc,
+    pub active_target: Option<TargetSoc>,
+    pub started_at: Timestamp,
+    pub deadline: Timestamp,
+    pub phase: Phase,
+    pub charging: bool,
+    pub start_soc: Option<Soc>,
+}
+
+/// Everything the API shows, current after every input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    pub started_at: Timestamp,
+    pub mqtt_connected: bool,
+    pub soc: Option<Soc>,
+    /// Battery power in W, positive = charging.
+    pub battery_power: Option<f64>,
+    pub last_telemetry: Option<Timestamp>,
+    pub last_message: Option<Timestamp>,
+    pub dongle_online: Option<bool>,
+    pub firmware_code: Option<String>,
+    pub schedule: Option<Schedule>,
+    pub session: Option<SessionView>,
+    /// Why the last charge ended, and when.
+    pub last_stop: Option<(StopReason, Timestamp, String)>,
+}
+
+impl Status {
+    pub fn is_charging(&self) -> bool {
+        self.session.as_ref().is_some_and(|s| s.charging)
+    }
+    /// The schedule's target, else that of a charge that is starting or charging.
+    pub fn target_soc(&self) -> Option<TargetSoc> {
+        self.schedule
+            .as_ref()
+            .map(|s| s.target)
+            .or_else(|| self.session.as_ref().and_then(|s| s.active_target))
+    }
+    pub fn next_run(&self) -> Option<Timestamp> {
+        self.schedule.as_ref().and_then(|s| s.next_run)
+    }
+}
+
+/// Names one API call waiting for its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(pub u64);
+
+/// What the API asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    SetSchedule(ScheduleInput),
+    /// Cancels the schedule and stops any charge.
+    CancelSchedule,
+    ChargeNow(TargetSoc),
+}
+
+/// What the dongle said, already decoded and range-checked by the adapter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DongleInput {
+    /// The broker connection came up or went down.
+    Connected(bool),
+    Telemetry {
+        soc: Option<Soc>,
+        /// Positive = charging.
+        battery_power_w: Option<f64>,
+        charge_power_w: Option<f64>,
+    },
+    Availability(bool),
+    /// Setting values as reported (`None`: present but unreadable).
+    Settings {
+        values: Vec<(String, Option<SettingValue>)>,
+        report: Report,
+        firmware_code: Option<String>,
+    },
+    FirmwareCode(String),
+    /// Any other message (a write reply, a heartbeat, an undecodable one): it is alive.
+    Other,
+}
+
+/// How fresh a snapshot of the settings must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Read now: a snapshot request where the firmware has one, else the next hold banks
+    /// (bounded by the read-back timeout).
+    Read,
+    /// The adapter's cache as it stands (kept current by every hold message), for a start
+    /// right after a [`Freshness::Read`] made ahead of it. Answers at once.
+    Cached,
+}
+
+/// Which save an [`Input::SaveDone`] answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaveTicket {
+    /// A new schedule, applied only once it is on disk.
+    Schedule(RequestId),
+    /// A cancelled schedule; the stop's answer says if it could not be saved.
+    Cancel(RequestId),
+}
+
+pub type Settings = BTreeMap<String, SettingValue>;
+
+/// Everything that can happen to the engine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// The service started with the stored state (`connected`: the broker is already up).
+    Boot {
+        connected: bool,
+    },
+    Command(RequestId, Command),
+    Dongle(DongleInput),
+    /// The answer to the last [`Effect::Write`].
+    WriteDone(WriteResult),
+    /// The answer to the last [`Effect::Snapshot`].
+    SnapshotDone(Option<Settings>),
+    SaveDone {
+        ticket: SaveTicket,
+        result: Result<(), String>,
+    },
+    /// Time passed (a wake-up at [`EngineCore::next_wake`], or a clock check).
+    Tick,
+    /// The service is stopping: save what is unsaved.
+    Flush,
+}
+
+/// An API call's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    Schedule(Result<Status, CommandError>),
+    Start(StartOutcome),
+    Stop(StopOutcome),
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Write one setting, verified; answered by [`Input::WriteDone`].
+    Write(Write),
+    /// Read these settings; answered by [`Input::SnapshotDone`].
+    Snapshot {
+        settings: Vec<String>,
+        fresh: Freshness,
+    },
+    /// Ask the dongle to report all its settings again (no answer expected).
+    Refresh,
+    /// Write the state to disk (atomically). With a ticket, answered by [`Input::SaveDone`].
+    Save {
+        state: Box<State>,
+        ticket: Option<SaveTicket>,
+    },
+    /// Append a finished charge to the history.
+    History(SessionRecord),
+    Reply(RequestId, Reply),
+}
+
+/// The engine's state and rules. See the module docs.
+#[derive(Debug)]
+pub struct EngineCore {
+    cfg: CoreConfig,
+    schedule: Option<Schedule>,
+    session: Option<Session>,
+    status: Status,
+    /// A write was handed out and its answer has not come yet.
+    write_in_flight: bool,
+    /// A snapshot was asked for and its answer has not come yet.
+    snapshot_in_flight: bool,
+    /// A preparing session needs the inverter's settings and they have not been asked for yet.
+    snapshot_wanted: bool,
+    /// Set at boot until the broker connection first comes up (at most until this monotonic
+    /// instant): no snapshot request or write goes out before, because the client is still
+    /// connecting and would report a write as not sent, which rolls back a resumed start.
+    connect_grace: Option<Duration>,
+    start_waiters: Vec<RequestId>,
+    /// Stop requests waiting for AC charge to go off: when asked, and a problem to report.
+    stop_waiters: Vec<(RequestId, Timestamp, Option<String>)>,
+    /// A schedule waiting for its save, with the session as it would be with it.
+    pending_schedule: Option<(Option<Schedule>, Option<Session>)>,
+    /// What was last handed to the disk, to save only on change.
+    saved: Option<State>,
+    soc_filter: SocFilter,
+    /// A charge asked for while the previous one still restores settings: it begins once that
+    /// session has no write in flight, taking over what it had left to restore.
+    queued_start: Option<(Origin, TargetSoc)>,
+    /// The settings read ahead of a scheduled start (monotonic instant of the answer), so the
+    /// first write goes out at the minute instead of after a read.
+    prefetched: Option<(Duration, Option<Settings>)>,
+    /// The occurrence a read ahead was made for, so it is made once.
+    prefetch_for: Option<Timestamp>,
+    /// The snapshot in flight is a read ahead, not a session's.
+    snapshot_is_prefetch: bool,
+    /// When the dongle was last heard, and last asked for its settings (monotonic).
+    last_heard: Option<Duration>,
+    last_refresh: Option<Duration>,
+    held_soc: Throttle,
+}
+
+impl EngineCore {
+    /// The core over the stored state; nothing happens until [`Input::Boot`].
+    pub fn new(cfg: CoreConfig, state: State, started_at: Timestamp) -> EngineCore {
+        let soc_filter = SocFilter::new(cfg.soc_rule);
+        EngineCore {
+            cfg,
+            schedule: state.schedule,
+            session: state.session,
+            status: Status {
+                started_at,
+                mqtt_connected: false,
+                soc: None,
+                battery_power: None,
+                last_telemetry: None,
+                last_message: None,
+                dongle_online: None,
+                firmware_code: None,
+                schedule: None,
+                session: None,
+                last_stop: None,
+            },
+            write_in_flight: false,
+            snapshot_in_flight: false,
+            snapshot_wanted: false,
+            connect_grace: None,
+            start_waiters: Vec::new(),
+            stop_waiters: Vec::new(),
+            pending_schedule: None,
+            saved: None,
+            soc_filter,
+            queued_start: None,
+            prefetched: None,
+            prefetch_for: None,
+            snapshot_is_prefetch: false,
+            last_heard: None,
+            last_refresh: None,
+            held_soc: Throttle::per_minute(),
+        }
+    }
+
+    /// What the API shows now.
+    pub fn status(&self) -> &Status {
+        &self.status
+    }
+
+    /// The running session, if any (for the driver's logs and for checks).
+    pub fn session(&self) -> Option<&Session> {
+        self.session.as_ref()
+    }
+
+    pub fn schedule(&self) -> Option<&Schedule> {
+        self.schedule.as_ref()
+    }
+
+    /// Whether a write is out and unanswered.
+    pub fn write_in_flight(&self) -> bool {
+        self.write_in_flight
+    }
+
+    /// Takes one input at `now` and returns what to do.
+    pub fn handle(&mut self, input: Input, now: Now) -> Vec<Effect> {
+        let mut fx = Vec::new();
+        match input {
+            Input::Boot { connected } => self.boot(now, connected, &mut fx),
+            Input::Command(id, cmd) => self.on_command(id, cmd, now, &mut fx),
+            Input::Dongle(d) => self.on_dongle(d, now, &mut fx),
+            Input::WriteDone(result) => self.on_write_result(result, now),
+            Input::SnapshotDone(snap) => self.on_snapshot(snap, now),
+            Input::SaveDone { ticket, result } => self.on_saved(ticket, result, now, &mut fx),
+            Input::Tick => {}
+            Input::Flush => {
+                self.persist(&mut fx);
+                if let Some(s) = &self.session {
+                    info!(phase = ?s.phase, target = %s.target, "a charge session is saved and will be resumed at the next start");
+                }
+                return fx;
+            }
+        }
+        // A schedule waiting for its save is applied (or not) first.
+        if self.pending_schedule.is_none() {
+            self.step(now, &mut fx);
+        }
+        fx
+    }
+
+    /// The longest the driver may wait before the next [`Input::Tick`].
+    pub fn next_wake(&self, now: Now) -> Duration {
+        let mut d = self.cfg.check_interval;
+        let until =
+            |t: Timestamp| Duration::try_from(t.duration_since(now.wall)).unwrap_or(Duration::ZERO);
+        if let Some(Due::Wait(t)) = self.schedule.as_ref().map(|s| s.due(now.wall)) {
+            d = d.min(until(t));
+            if self.prefetch_for != Some(t) {
+                d = d.min(until(t).saturating_sub(PREFETCH_AHEAD));
+            }
+        }
+        if let Some(t) = self.connect_grace {
+            d = d.min(t.saturating_sub(now.mono));
+        }
+        if let Some(s) = &self.session {
+            if let Some(t) = s.next_wall_deadline() {
+                d = d.min(until(t));
+            }
+            if let Some(m) = s.next_mono_deadline() {
+                d = d.min(m.saturating_sub(now.mono));
+            }
+        }
+        d
+    }
+
+    /// Reconciles the stored state with the present: re-arms the schedule and resumes a
+    /// session that was running when the process stopped.
+    fn boot(&mut self, now: Now, connected: bool, fx: &mut Vec<Effect>) {
+        self.status.mqtt_connected = connected;
+        if !connected {
+            self.connect_grace = Some(now.mono + BOOT_CONNECT_GRACE);
+        }
+        if let Some(s) = &mut self.schedule {
+            s.rearm(now.wall, &self.cfg.tz);
+        }
+        if let Some(s) = &mut self.session {
+            s.resume(now, &self.cfg.params);
+            warn!(
+                phase = ?s.phase,
+                target = %s.target,
+                deadline = %s.deadline,
+                "resuming a charge session that was running when the service stopped"
+            );
+            if s.phase == Phase::Preparing {
+                self.snapshot_wanted = true;
+            }
+        }
+        self.persist(fx);
+    }
+
+    /// After every input: fire a due schedule, finish a done session, send the next write,
+    /// save, answer waiters and refresh the status.
+    fn step(&mut self, now: Now, fx: &mut Vec<Effect>) {
+        if let Some(s) = &mut self.session {
+            s.on_tick(now);
+        }
+        self.check_schedule(now, fx);
+        self.begin_queued_start(now, fx);
+        if self.dongle_ready(now) {
+            self.request_snapshot(now, fx);
+            self.dispatch(now, fx);
+        }
+        self.finish_session(now, fx);
+        self.drop_spent_schedule();
+        self.persist(fx);
+        self.refresh_status();
+        self.answer_waiters(now, fx);
+    }
+
+    fn check_schedule(&mut self, now: Now, fx: &mut Vec<Effect>) {
+        let Some(schedule) = &mut self.schedule else {
+            return;
+        };
+        match schedule.due(now.wall) {
+            Due::Fire(occurrence) => {
+                schedule.consume(occurrence, now.wall, &self.cfg.tz);
+                let target = schedule.target;
+                let next = schedule.next_run;
+                info!(%occurrence, target = %target, next_run = ?next, "schedule fired");
+                match &self.session {
+                    Some(s) if s.has_stopped_charging() => {
+                        info!(
+                            "the previous charge is still restoring settings; this one begins as soon as its write in flight is done"
+                        );
+                        self.queued_start = Some((Origin::Schedule, target));
+                    }
+                    Some(_) => info!(
+                        "a charge is already running; this occurrence is consumed without a second start"
+                    ),
+                    None => {
+                        self.start(Origin::Schedule, target, now, fx);
+                    }
+                }
+            }
+            Due::Missed(occurrence) => {
+                schedule.consume(occurrence, now.wall, &self.cfg.tz);
+                warn!(%occurrence, now = %now.wall, next_run = ?schedule.next_run,
+                    "the scheduled charge was missed by more than 10 minutes (service down or clock moved); skipped");
+                self.drop_spent_schedule();
+            }
+            Due::Idle | Due::Wait(_) => {}
+        }
+    }
+
+    /// A spent once schedule is gone as soon as its charge has stopped charging (`ACCharge = 0`
+    /// written), not only once the restore writes after it are done.
+    fn drop_spent_schedule(&mut self) {
+        let charging = self.queued_start.is_some()
+            || self
+                .session
+                .as_ref()
+                .is_some_and(|s| !s.has_stopped_charging());
+        if !charging && self.schedule.as_ref().is_some_and(Schedule::is_spent) {
+            self.schedule = None;
+        }
+    }
+
+    /// Begins a charge that waited for the previous one's restore: once no write is in
+    /// flight, the old session ends and hands what it still had to restore to the new one.
+    fn begin_queued_start(&mut self, now: Now, fx: &mut Vec<Effect>) {
+        let Some((origin, target)) = self.queued_start else {
+            return;
+        };
+        if let Some(msg) = self.already_reached(target) {
+            // Nothing to charge: the previous session finishes its restore undisturbed.
+            self.queued_start = None;
+            self.answer_starts(true, msg, fx);
+            return;
+        }
+        if self.write_in_flight {
+            return;
+        }
+        let inherited = match &mut self.session {
+            Some(s) => match s.hand_over(now) {
+                Some(pending) => pending,
+                None => return,
+            },
+            None => Default::default(),
+        };
+        self.queued_start = None;
+        if !inherited.is_empty() {
+            info!(settings = ?inherited.keys().collect::<Vec<_>>(), "a new charge takes over the settings the previous one had still to restore");
+        }
+        self.finish_session(now, fx);
+        self.start(origin, target, now, fx);
+        if let Some(s) = &mut self.session {
+            s.inherit(inherited);
+        }
+    }
+
+    /// Answers every waiting "charge now" at once.
+    fn answer_starts(&mut self, success: bool, message: String, fx: &mut Vec<Effect>) {
+        self.refresh_status();
+        for id in self.start_waiters.drain(..) {
+            fx.push(Effect::Reply(
+                id,
+                Reply::Start(StartOutcome {
+                    success,
+                    message: message.clone(),
+                    status: self.status.clone(),
+                }),
+            ));
+        }
+    }
+
+    /// The sentence for a charge that is not needed: SOC already at or above `target`.
+    fn already_reached(&self, target: TargetSoc) -> Option<String> {
+        let soc = self.status.soc?;
+        target.reached_by(soc).then(|| {
+            format!(
+                "Battery is already at {soc}, at or above the target {target}: nothing to charge"
+            )
+        })
+    }
+
+    /// The one start path, used by the schedule and by "charge now". Returns the sentence
+    /// saying why nothing starts when SOC is already at the target.
+    fn start(
+        &mut self,
+        origin: Origin,
+        target: TargetSoc,
+        now: Now,
+        fx: &mut Vec<Effect>,
+    ) -> Option<String> {
+        if let Some(msg) = self.already_reached(target) {
+            info!(%target, "charge skipped: SOC already at or above the target");
+            self.drop_spent_schedule();
+            return Some(msg);
+        }
+        let soc = self.status.soc;
+        info!(?origin, %target, soc = ?soc.map(Soc::get), cutoff_h = self.cfg.params.cutoff.as_secs_f64() / 3600.0, "starting a charge");
+        self.session = Some(Session::new(origin, target, now, &self.cfg.params, soc));
+        // Saved before anything is written to the inverter.
+        self.persist(fx);
+        self.snapshot_wanted = true;
+        None
+    }
+
+    /// Whether snapshot requests and writes may go out: not while the boot still waits for the
+    /// first broker connection.
+    fn dongle_ready(&mut self, now: Now) -> bool {
+        match self.connect_grace {
+            Some(until) if !self.status.mqtt_connected && now.mono < until => false,
+            Some(_) => {
+                self.connect_grace = None;
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// Asks for the inverter's settings: for a preparing session, or a minute ahead of a
+    /// scheduled start so that its first write is not held up by the read (a legacy dongle may
+    /// publish its hold banks only every few minutes, and some registers not at all).
+    fn request_snapshot(&mut self, now: Now, fx: &mut Vec<Effect>) {
+        if self.snapshot_in_flight {
+            return;
+        }
+        if self.snapshot_wanted {
+            self.snapshot_wanted = false;
+            let recent = self.prefetched.as_ref().is_some_and(|(at, snap)| {
+                snap.is_some() && now.mono.saturating_sub(*at) <= PREFETCH_VALID
+            });
+            let fresh = if recent {
+                Freshness::Cached
+            } else {
+                Freshness::Read
+            };
+            self.prefetched = None;
+            self.snapshot_is_prefetch = false;
+            self.snapshot_in_flight = true;
+            fx.push(Effect::Snapshot {
+                settings: self.cfg.params.settings(),
+                fresh,
+            });
+            return;
+        }
+        if self.session.is_some() {
+            return;
+        }
+        let Some(Due::Wait(at)) = self.schedule.as_ref().map(|s| s.due(now.wall)) else {
+            return;
+        };
+        let ahead = Duration::try_from(at.duration_since(now.wall)).unwrap_or(Duration::ZERO);
+        if ahead <= PREFETCH_AHEAD && self.prefetch_for != Some(at) {
+            debug!(start = %at, "reading the inverter's settings ahead of the scheduled start");
+            self.prefetch_for = Some(at);
+            self.snapshot_is_prefetch = true;
+            self.snapshot_in_flight = true;
+            fx.push(Effect::Snapshot {
+                settings: self.cfg.params.settings(),
+                fresh: Freshness::Read,
+            });
+        }
+    }
+
+    fn on_snapshot(&mut self, snap: Option<Settings>, now: Now) {
+        self.snapshot_in_flight = false;
+        let preparing = self
+            .session
+            .as_ref()
+            .is_some_and(|s| s.phase == Phase::Preparing);
+        if std::mem::take(&mut self.snapshot_is_prefetch) {
+            // Kept for the start: when it begins (or now, if it fired while this read was in
+            // flight) the session asks the adapter's cache, kept current by every hold message
+            // since, or reads afresh if this read found nothing.
+            self.prefetched = Some((now.mono, snap));
+            if preparing {
+                self.snapshot_wanted = true;
+            }
+            return;
+        }
+        if snap.is_none() {
+            warn!(
+                "the inverter's settings could not be read: the charge goes ahead, and at its end the windows are switched off and AC charging disabled instead of restoring earlier values"
+            );
+        }
+        if let Some(s) = &mut self.session {
+            s.on_snapshot(now, snap, &self.cfg.tz);
+        }
+    }
+
+    fn dispatch(&mut self, now: Now, fx: &mut Vec<Effect>) {
+        if self.write_in_flight {
+            return;
+        }
+        let Some(s) = &mut self.session else { return };
+        let Some(w) = s.next_write(now) else { return };
+        let is_stop = w.setting == AC_CHARGE && w.value == SettingValue::Int(0);
+        if !is_stop {
+            // A start or restore write is recorded before it is sent, so that a crash leaves a
+            // record of what may have changed. The stop goes out first and is saved after:
+            // it is the one that must be fast.
+            self.persist(fx);
+        }
+        debug!(setting = %w.setting, value = %w.value, "writing");
+        self.write_in_flight = true;
+        fx.push(Effect::Write(w));
+    }
+
+    fn on_write_result(&mut self, result: WriteResult, now: Now) {
+        self.write_in_flight = false;
+        let Some(s) = &mut self.session else { return };
+        let before = s.phase;
+        let was_charging = s.is_charging();
+        s.on_write_result(now, result);
+        if before == Phase::Starting && s.phase == Phase::Charging {
+            info!(target = %s.target, deadline = %s.deadline, "charging: AC charge is on; watching SOC");
+        }
+        if before == Phase::Stopping && was_charging && !s.is_charging() {
+            info!("AC charge is off");
+        }
+    }
+
+    fn finish_session(&mut self, now: Now, fx: &mut Vec<Effect>) {
+        let Some(s) = &self.session else { return };
+        if !s.is_finished() {
+            return;
+        }
+        let record = SessionRecord::of(s, now.wall);
+        let reason = s.stop_reason.unwrap_or(StopReason::Cancelled);
+        let detail = s.detail.clone().unwrap_or_default();
+        if s.restore_failures.is_empty() {
+            info!(reason = reason.as_str(), soc = ?s.last_soc.map(Soc::get), "charge session ended: {detail}");
+        } else {
+            warn!(reason = reason.as_str(), failures = ?s.restore_failures, "charge session ended, but some settings could not be restored: {detail}");
+        }
+        if s.snapshot.is_none() && !s.touched.is_empty() {
+            warn!(
+                "the inverter's settings from before the charge were unknown, so they were not restored: the stop switched AC charging off and the charge windows off instead (SOC limit and charge type stay as the charge set them)"
+            );
+        }
+        fx.push(Effect::History(record));
+        self.status.last_stop = Some((reason, now.wall, detail));
+        self.session = None;
+        self.drop_spent_schedule();
+    }
+
+    fn on_dongle(&mut self, d: DongleInput, now: Now, fx: &mut Vec<Effect>) {
+        if !matches!(
+            d,
+            DongleInput::Connected(_) | DongleInput::Availability(false)
+        ) {
+            self.heard_dongle(now, fx);
+        }
+        if !matches!(d, DongleInput::Connected(_)) {
+            self.status.last_message = Some(now.wall);
+        }
+        match d {
+            DongleInput::Connected(up) => self.status.mqtt_connected = up,
+            DongleInput::Telemetry {
+                mut soc,
+                battery_power_w,
+                charge_power_w,
+            } => {
+                if let Some(reading) = soc
+                    && let Verdict::Hold { reading, last } =
+                        self.soc_filter.offer(reading, now.mono)
+                {
+                    soc = None;
+                    if let Some(more) = self.held_soc.allow(now.mono) {
+                        warn!(%reading, %last, more_since_last_warning = more,
+                            "held back an implausible SOC reading until the next one confirms it");
+                    }
+                }
+                if soc.is_some() {
+                    self.status.soc = soc;
+                }
+                if battery_power_w.is_some() {
+                    self.status.battery_power = battery_power_w;
+                }
+                self.status.last_telemetry = Some(now.wall);
+                self.status.dongle_online = Some(true);
+                if let Some(s) = &mut self.session {
+                    s.on_telemetry(now, soc, charge_power_w);
+                }
+            }
+            DongleInput::Availability(online) => {
+                if !online {
+                    warn!("the dongle reports itself offline");
+                }
+                self.status.dongle_online = Some(online);
+                if let Some(s) = &mut self.session {
+                    s.on_availability(now, online);
+                }
+            }
+            DongleInput::Settings {
+                values,
+                report,
+                firmware_code,
+            } => {
+                if let Some(code) = firmware_code {
+                    self.status.firmware_code = Some(code);
+                }
+                if let Some(s) = &mut self.session {
+                    s.on_dongle_message(now);
+                    let before = s.stop_reason;
+                    for (name, value) in values {
+                        s.on_setting_reported(now, &name, value, report);
+                    }
+                    if before.is_none() && s.stop_reason == Some(StopReason::ExternalOverride) {
+                        warn!("{}", s.detail.clone().unwrap_or_default());
+                    }
+                }
+            }
+            DongleInput::FirmwareCode(code) => {
+                if self.status.firmware_code.as_deref() != Some(code.as_str()) {
+                    info!(%code, "inverter firmware code");
+                }
+                self.status.firmware_code = Some(code);
+            }
+            DongleInput::Other => {
+                if let Some(s) = &mut self.session {
+                    s.on_dongle_message(now);
+                }
+            }
+        }
+    }
+
+    /// Notes that the dongle was heard. One heard again after a silence of half the stale
+    /// limit or more (shorter than a reboot, longer than its reports are apart), or back
+    /// online, may have come back with other settings: during a charge they are asked for
+    /// again (at most once per stale limit), so that a change made meanwhile is seen, and ends
+    /// the charge as an override, within one report.
+    fn heard_dongle(&mut self, now: Now, fx: &mut Vec<Effect>) {
+        let quiet_for = self.last_heard.map(|t| now.mono.saturating_sub(t));
+        let was_offline = self.status.dongle_online == Some(false);
+        self.last_heard = Some(now.mono);
+        let stale = self.cfg.params.stale_after;
+        let came_back = was_offline || quiet_for.is_some_and(|q| q >= stale / 2);
+        let asked_lately = self
+            .last_refresh
+            .is_some_and(|t| now.mono.saturating_sub(t) < stale);
+        if self.session.is_some() && came_back && !asked_lately {
+            info!(
+                quiet_s = quiet_for.map(|q| q.as_secs()),
+                "the dongle is heard again; asking for its settings"
+            );
+            self.last_refresh = Some(now.mono);
+            fx.push(Effect::Refresh);
+        }
+    }
+
+    fn on_command(&mut self, id: RequestId, cmd: Command, now: Now, fx: &mut Vec<Effect>) {
+        match cmd {
+            Command::SetSchedule(input) => self.set_schedule(id, input, now, fx),
+            Command::CancelSchedule => {
+                if self.schedule.take().is_some() {
+                    info!("schedule cancelled");
+                }
+                fx.push(Effect::Save {
+                    state: Box::new(self.state()),
+                    ticket: Some(SaveTicket::Cancel(id)),
+                });
+                // Nothing else happens until the save is answered.
+                self.pending_schedule = Some((None, self.session.clone()));
+            }
+            Command::ChargeNow(target) => self.charge_now(id, target, now, fx),
+        }
+    }
+
+    fn charge_now(&mut self, id: RequestId, target: TargetSoc, now: Now, fx: &mut Vec<Effect>) {
+        if let Some(s) = &mut self.session {
+            let answer = if s.active_target().is_some() {
+                s.set_target(now, target);
+                Some((true, format!("Already charging; target set to {target}")))
+            } else if !s.has_stopped_charging() {
+                Some((
+                    false,
+                    "The previous charge is still switching AC charging off; try again in a minute"
+                        .to_string(),
+                ))
+            } else {
+                // Only restoring: the new charge takes over after one write at most.
+                None
+            };
+            if let Some((success, message)) = answer {
+                self.step(now, fx);
+                fx.push(Effect::Reply(
+                    id,
+                    Reply::Start(StartOutcome {
+                        success,
+                        message,
+                        status: self.status.clone(),
+                    }),
+                ));
+                return;
+            }
+        }
+        // Charging now leaves a one-shot schedule for "now", as the app expects.
+        let time = crate::domain::schedule::local_time_of(now.wall, &self.cfg.tz);
+        self.schedule = Some(Schedule {
+            target,
+            time,
+            mode: Mode::Once,
+            enabled: true,
+            days: None,
+            next_run: None,
+            last_run: Some(now.wall),
+            created_at: now.wall,
+        });
+        if self.session.is_some() {
+            self.queued_start = Some((Origin::ChargeNow, target));
+            self.start_waiters.push(id);
+            return;
+        }
+        match self.start(Origin::ChargeNow, target, now, fx) {
+            Some(msg) => {
+                self.step(now, fx);
+                fx.push(Effect::Reply(
+                    id,
+                    Reply::Start(StartOutcome {
+                        success: true,
+                        message: msg,
+                        status: self.status.clone(),
+                    }),
+                ));
+            }
+            None => self.start_waiters.push(id),
+        }
+    }
+
+    fn set_schedule(
+        &mut self,
+        id: RequestId,
+        input: ScheduleInput,
+        now: Now,
+        fx: &mut Vec<Effect>,
+    ) {
+        let schedule = match Schedule::new(
+            input.target,
+            input.time,
+            input.mode,
+            input.enabled,
+            input.days,
+            input.first_run,
+            now.wall,
+            &self.cfg.tz,
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                fx.push(Effect::Reply(id, Reply::Schedule(Err(e.into()))));
+                return;
+            }
+        };
+        info!(target = %schedule.target, time = %schedule.time, mode = schedule.mode.as_str(),
+            enabled = schedule.enabled, next_run = ?schedule.next_run, "schedule set");
+        let mut session = self.session.clone();
+        if let Some(s) = &mut session {
+            if schedule.enabled {
+                s.set_target(now, schedule.target);
+            } else {
+                s.cancel(now, "the schedule was disabled");
+            }
+        }
+        // Persisted before the answer: if it cannot be saved, nothing changes.
+        let state = State {
+            version: FORMAT_VERSION,
+            schedule: Some(schedule.clone()),
+            session: session.clone(),
+        };
+        fx.push(Effect::Save {
+            state: Box::new(state),
+            ticket: Some(SaveTicket::Schedule(id)),
+        });
+        self.pending_schedule = Some((Some(schedule), session));
+    }
+
+    fn on_saved(
+        &mut self,
+        ticket: SaveTicket,
+        result: Result<(), String>,
+        now: Now,
+        fx: &mut Vec<Effect>,
+    ) {
+        let Some((schedule, session)) = self.pending_schedule.take() else {
+            return;
+        };
+        match ticket {
+            SaveTicket::Schedule(id) => match result {
+                Ok(()) => {
+                    self.schedule = schedule;
+                    self.session = session;
+                    self.saved = Some(self.state());
+                    self.step(now, fx);
+                    fx.push(Effect::Reply(id, Reply::Schedule(Ok(self.status.clone()))));
+                }
+                Err(e) => {
+                    fx.push(Effect::Reply(
+                        id,
+                        Reply::Schedule(Err(CommandError::Store(e))),
+                    ));
+                }
+            },
+            SaveTicket::Cancel(id) => {
+                if result.is_ok() {
+                    self.saved = Some(self.state());
+                }
+                let unsaved = result.err().map(|e| {
+                    format!("the cancellation could not be saved ({e}), so the schedule may return after a restart: check that the data directory is writable and not full")
+                });
+                self.stop(id, now, "stopped through the API", unsaved, fx);
+            }
+        }
+    }
+
+    fn stop(
+        &mut self,
+        id: RequestId,
+        now: Now,
+        why: &str,
+        note: Option<String>,
+        fx: &mut Vec<Effect>,
+    ) {
+        if self.queued_start.take().is_some() {
+            self.answer_starts(
+                false,
+                format!("Charging was stopped before it began ({why})"),
+                fx,
+            );
+        }
+        match &mut self.session {
+            Some(s)
+                if s.is_charging()
+                    || matches!(
+                        s.phase,
+                        Phase::Preparing | Phase::Starting | Phase::Charging
+                    ) =>
+            {
+                s.cancel(now, why);
+                self.stop_waiters.push((id, now.wall, note));
+            }
+            _ => fx.push(Effect::Reply(
+                id,
+                Reply::Stop(stop_outcome(
+                    true,
+                    "Charging disabled".into(),
+                    note,
+                    now.wall,
+                )),
+            )),
+        }
+        self.step(now, fx);
+    }
+
+    fn answer_waiters(&mut self, _now: Now, fx: &mut Vec<Effect>) {
+        if !self.start_waiters.is_empty() && self.queued_start.is_none() {
+            let status = &self.status;
+            let outcome = match &self.session {
+                Some(s) if s.phase == Phase::Charging => Some(StartOutcome {
+                    success: true,
+                    message: format!("Charging enabled to {}", s.target),
+                    status: status.clone(),
+                }),
+                Some(s) if matches!(s.phase, Phase::Preparing | Phase::Starting) => None,
+                Some(s) => Some(StartOutcome {
+                    success: false,
+                    message: format!(
+                        "Charging could not be started: {}",
+                        s.detail.clone().unwrap_or_else(|| "it was stopped".into())
+                    ),
+                    status: status.clone(),
+                }),
+                None => Some(StartOutcome {
+                    success: false,
+                    message: status
+                        .last_stop
+                        .as_ref()
+                        .map(|(_, _, d)| format!("Charging could not be started: {d}"))
+                        .unwrap_or_else(|| "Charging could not be started".into()),
+                    status: status.clone(),
+                }),
+            };
+            if let Some(o) = outcome {
+                for id in self.start_waiters.drain(..) {
+                    fx.push(Effect::Reply(id, Reply::Start(o.clone())));
+                }
+            }
+        }
+        if !self.stop_waiters.is_empty() {
+            let outcome = match &self.session {
+                Some(s) if s.stop_is_retrying() => Some((
+                    false,
+                    format!(
+                        "Could not switch AC charging off yet ({}); retrying. The inverter's own SOC limit and window end remain in force",
+                        s.detail.clone().unwrap_or_default()
+                    ),
+                )),
+                Some(s) if s.is_charging() => None,
+                _ => Some((true, "Charging disabled".to_string())),
+            };
+            if let Some((success, message)) = outcome {
+                for (id, at, note) in self.stop_waiters.drain(..) {
+                    fx.push(Effect::Reply(
+                        id,
+                        Reply::Stop(stop_outcome(success, message.clone(), note, at)),
+                    ));
+                }
+            }
+        }
+    }
+
+    fn state(&self) -> State {
+        State {
+            version: FORMAT_VERSION,
+            schedule: self.schedule.clone(),
+            session: self.session.clone(),
+        }
+    }
+
+    /// Hands the state to the disk if what must survive a restart changed.
+    fn persist(&mut self, fx: &mut Vec<Effect>) {
+        let state = self.state();
+        if self
+            .saved
+            .as_ref()
+            .is_some_and(|s| same_durable_state(s, &state))
+        {
+            return;
+        }
+        self.saved = Some(state.clone());
+        fx.push(Effect::Save {
+            state: Box::new(state),
+            ticket: None,
+        });
+    }
+
+    /// A routine save failed: the next step tries again.
+    pub fn save_failed(&mut self) {
+        self.saved = None;
+    }
+
+    fn refresh_status(&mut self) {
+        self.status.schedule = self.schedule.clone();
+        self.status.session = self.session.as_ref().map(|s| SessionView {
+            origin: s.origin,
+            target: s.target,
+            active_target: s.active_target(),
+            started_at: s.started_at,
+            deadline: s.deadline,
+            phase: s.phase,
+            charging: s.is_charging(),
+            start_soc: s.start_soc,
+        });
+    }
+}
+
+/// A stop's answer; a problem noted on the way (an unsaved cancellation) makes it a failure.
+fn stop_outcome(
+    success: bool,
+    message: String,
+    note: Option<String>,
+    at: Timestamp,
+) -> StopOutcome {
+    match note {
+        Some(note) => StopOutcome {
+            success: false,
+            message: format!("{message}, but {note}"),
+            stopped_at: at,
+        },
+        None => StopOutcome {
+            success,
+            message,
+            stopped_at: at,
+        },
+    }
+}
+
+/// Whether two states differ only in what need not be saved at once (live telemetry).
+fn same_durable_state(a: &State, b: &State) -> bool {
+    let key = |s: &State| {
+        (
+            s.schedule.clone(),
+            s.session.as_ref().map(|x| {
+                (
+                    x.phase,
+                    x.target,
+                    x.start_done,
+                    x.stop_done,
+                    x.charging,
+                    x.in_flight.clone(),
+                    x.touched.clone(),
+                    x.snapshot.clone(),
+                    x.stop_reason,
+                    x.extra_writes.clone(),
+                    x.inherited.clone(),
+                )
+            }),
+        )
+    };
+    key(a) == key(b)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,53 @@
+//! What the service keeps on disk: the schedule and the running session, and the record of a
+//! finished charge. Plain data; the store (`crate::store`) reads and writes it.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::schedule::Schedule;
+use crate::domain::session::{Origin, Session, StopReason};
+use crate::domain::units::{Soc, TargetSoc};
+
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub version: u32,
+    pub schedule: Option<Schedule>,
+    pub session: Option<Session>,
+}
+
+/// One finished charge, as kept in the history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub id: String,
+    pub origin: Origin,
+    pub target_soc: TargetSoc,
+    pub started_at: Timestamp,
+    pub ended_at: Timestamp,
+    pub start_soc: Option<Soc>,
+    pub end_soc: Option<Soc>,
+    pub stop_reason: Option<StopReason>,
+    pub detail: Option<String>,
+    pub energy_wh: Option<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restore_failures: Vec<String>,
+}
+
+impl SessionRecord {
+    pub fn of(s: &Session, now: Timestamp) -> SessionRecord {
+        SessionRecord {
+            id: s.id.clone(),
+            origin: s.origin,
+            target_soc: s.target,
+            started_at: s.started_at,
+            ended_at: s.ended_at.unwrap_or(now),
+            start_soc: s.start_soc,
+            end_soc: s.last_soc,
+            stop_reason: s.stop_reason,
+            detail: s.detail.clone(),
+            energy_wh: s.energy_wh.map(|e| (e * 10.0).round() / 10.0),
+            restore_failures: s.restore_failures.clone(),
+        }
+    }
+}
