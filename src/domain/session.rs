@@ -162,7 +162,7 @@ pub struct Write {
 }
 
 impl Write {
-    fn new(setting: &str, value: SettingValue) -> Write {
+    pub fn new(setting: &str, value: SettingValue) -> Write {
         Write {
             setting: setting.to_string(),
             value,

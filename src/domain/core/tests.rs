@@ -1,1 +1,394 @@
-//! Tests of the engine core's decisions.
+//! Tests of the engine core's decisions, driven input by input with no IO.
+
+use super::*;
+
+use crate::domain::session::SOC_LIMIT;
+
+const SEC: Duration = Duration::from_secs(1);
+const MIN: Duration = Duration::from_secs(60);
+
+fn tz() -> TimeZone {
+    TimeZone::get("America/Los_Angeles").unwrap()
+}
+
+fn local(s: &str) -> Timestamp {
+    s.parse::<jiff::civil::DateTime>()
+        .unwrap()
+        .to_zoned_datetime(tz())
+        .unwrap()
+        .timestamp()
+}
+
+fn target(p: u8) -> TargetSoc {
+    TargetSoc::new(p).unwrap()
+}
+
+/// The inverter as found: everything the start writes differs, AC charging off.
+fn found() -> Settings {
+    let mut m = BTreeMap::new();
+    m.insert(SOC_LIMIT.into(), SettingValue::Int(100));
+    m.insert("ACChargeType".into(), SettingValue::Int(0));
+    m.insert("ubBatChgcontrol".into(), SettingValue::Int(1));
+    let t = |s: &str| SettingValue::Time(LocalTime::parse_hhmm(s).unwrap());
+    m.insert("ACChgStart".into(), t("23:00"));
+    m.insert("ACChgEnd".into(), t("05:00"));
+    for s in ["ACChgStart1", "ACChgEnd1", "ACChgStart2", "ACChgEnd2"] {
+        m.insert(s.into(), t("00:00"));
+    }
+    m.insert(AC_CHARGE.into(), SettingValue::Int(0));
+    m
+}
+
+/// A core and a clock, fed one input at a time; remembers every effect.
+struct Rig {
+    core: EngineCore,
+    now: Now,
+    /// Writes handed out and not yet answered by the test.
+    writes: Vec<Write>,
+    snapshots: Vec<Freshness>,
+    saves: usize,
+    history: Vec<SessionRecord>,
+    replies: Vec<(RequestId, Reply)>,
+    /// The answer every ticketed save gets.
+    save_result: Result<(), String>,
+    next_id: u64,
+}
+
+impl Rig {
+    fn new(state: State) -> Rig {
+        let cfg = CoreConfig {
+            params: ChargeParams::default(),
+            tz: tz(),
+            check_interval: Duration::from_secs(30),
+            soc_rule: SocRule::default(),
+        };
+        let wall = local("2026-01-15T01:00");
+        let mut rig = Rig {
+            core: EngineCore::new(cfg, state, wall),
+            now: Now {
+                wall,
+                mono: Duration::from_secs(1000),
+            },
+            writes: Vec::new(),
+            snapshots: Vec::new(),
+            saves: 0,
+            history: Vec::new(),
+            replies: Vec::new(),
+            save_result: Ok(()),
+            next_id: 0,
+        };
+        rig.feed(Input::Boot { connected: true });
+        rig
+    }
+
+    /// A booted core that has heard the dongle report `soc`.
+    fn with_soc(soc: u8) -> Rig {
+        let mut rig = Rig::new(State::default());
+        rig.telemetry(soc);
+        rig
+    }
+
+    fn feed(&mut self, input: Input) {
+        let mut queue: std::collections::VecDeque<Effect> =
+            self.core.handle(input, self.now).into();
+        while let Some(e) = queue.pop_front() {
+            match e {
+                Effect::Write(w) => self.writes.push(w),
+                Effect::Snapshot { fresh, .. } => self.snapshots.push(fresh),
+                Effect::Refresh => {}
+                Effect::Save { ticket, .. } => {
+                    self.saves += 1;
+                    if let Some(ticket) = ticket {
+                        let more = self.core.handle(
+                            Input::SaveDone {
+                                ticket,
+                                result: self.save_result.clone(),
+                            },
+                            self.now,
+                        );
+                        for m in more.into_iter().rev() {
+                            queue.push_front(m);
+                        }
+                    }
+                }
+                Effect::History(r) => self.history.push(r),
+                Effect::Reply(id, r) => self.replies.push((id, r)),
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: Command) -> RequestId {
+        let id = RequestId(self.next_id);
+        self.next_id += 1;
+        self.feed(Input::Command(id, cmd));
+        id
+    }
+
+    fn reply(&self, id: RequestId) -> Option<&Reply> {
+        self.replies.iter().find(|(i, _)| *i == id).map(|(_, r)| r)
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now.wall += d;
+        self.now.mono += d;
+        self.feed(Input::Tick);
+    }
+
+    fn telemetry(&mut self, soc: u8) {
+        self.feed(Input::Dongle(DongleInput::Telemetry {
+            soc: Soc::new(soc),
+            battery_power_w: Some(3000.0),
+            charge_power_w: Some(3000.0),
+        }));
+    }
+
+    /// Answers the pending snapshot with `found()`.
+    fn answer_snapshot(&mut self) {
+        assert!(!self.snapshots.is_empty(), "a snapshot was asked for");
+        self.feed(Input::SnapshotDone(Some(found())));
+    }
+
+    /// Confirms every write, one at a time, as the driver would; returns them.
+    fn confirm_writes(&mut self) -> Vec<Write> {
+        let mut done = Vec::new();
+        while !self.writes.is_empty() {
+            let w = self.writes.remove(0);
+            assert!(self.writes.is_empty(), "never two writes in flight");
+            done.push(w);
+            self.feed(Input::WriteDone(WriteResult::Confirmed));
+        }
+        done
+    }
+
+    fn schedule(&mut self, body: ScheduleInput) -> RequestId {
+        self.command(Command::SetSchedule(body))
+    }
+}
+
+fn once_at(t: &str, soc: u8) -> ScheduleInput {
+    ScheduleInput {
+        target: target(soc),
+        time: LocalTime::parse_hhmm(t).unwrap(),
+        mode: Mode::Once,
+        enabled: true,
+        days: None,
+        first_run: None,
+    }
+}
+
+fn start_reply(r: Option<&Reply>) -> &StartOutcome {
+    match r {
+        Some(Reply::Start(o)) => o,
+        other => panic!("expected a start answer, got {other:?}"),
+    }
+}
+
+#[test]
+fn charge_now_is_answered_once_ac_charging_is_on_and_not_before() {
+    let mut rig = Rig::with_soc(40);
+    let id = rig.command(Command::ChargeNow(target(80)));
+    assert!(rig.reply(id).is_none(), "waits for the start");
+    assert_eq!(rig.snapshots, [Freshness::Read]);
+    rig.answer_snapshot();
+    let writes = rig.confirm_writes();
+    assert_eq!(writes.last().unwrap().setting, AC_CHARGE);
+    let o = start_reply(rig.reply(id));
+    assert!(o.success);
+    assert_eq!(o.message, "Charging enabled to 80%");
+    assert!(o.status.is_charging());
+}
+
+#[test]
+fn charge_now_at_or_above_the_target_is_answered_at_once_without_a_write() {
+    let mut rig = Rig::with_soc(85);
+    let id = rig.command(Command::ChargeNow(target(80)));
+    let o = start_reply(rig.reply(id));
+    assert!(o.success);
+    assert!(o.message.contains("already at 85%"), "{}", o.message);
+    assert!(rig.writes.is_empty() && rig.snapshots.is_empty());
+    assert!(rig.core.session().is_none());
+}
+
+#[test]
+fn a_refused_start_is_answered_with_the_reason_and_frees_the_inverter_at_once() {
+    let mut rig = Rig::with_soc(40);
+    let id = rig.command(Command::ChargeNow(target(80)));
+    rig.answer_snapshot();
+    assert_eq!(rig.writes.len(), 1);
+    rig.writes.clear();
+    rig.feed(Input::WriteDone(WriteResult::Rejected(
+        "status error".into(),
+    )));
+    let o = start_reply(rig.reply(id));
+    assert!(!o.success);
+    assert!(o.message.contains("status error"), "{}", o.message);
+    assert!(rig.writes.is_empty(), "nothing to restore");
+    assert!(rig.core.session().is_none());
+    assert_eq!(rig.history.len(), 1);
+    // The next charge now starts straight away.
+    rig.command(Command::ChargeNow(target(80)));
+    assert!(rig.core.session().is_some());
+}
+
+#[test]
+fn a_schedule_is_applied_only_once_it_is_saved() {
+    let mut rig = Rig::with_soc(40);
+    rig.save_result = Err("disk full".into());
+    let id = rig.schedule(once_at("02:30", 80));
+    match rig.reply(id) {
+        Some(Reply::Schedule(Err(CommandError::Store(e)))) => assert_eq!(e, "disk full"),
+        other => panic!("{other:?}"),
+    }
+    assert!(rig.core.schedule().is_none(), "nothing changed");
+    rig.save_result = Ok(());
+    let id = rig.schedule(once_at("02:30", 80));
+    match rig.reply(id) {
+        Some(Reply::Schedule(Ok(st))) => {
+            assert_eq!(st.next_run(), Some(local("2026-01-15T02:30")))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_settings_are_read_a_minute_ahead_and_the_start_uses_them_at_the_minute() {
+    let mut rig = Rig::with_soc(40);
+    rig.schedule(once_at("01:30", 80));
+    rig.advance(28 * MIN);
+    assert!(rig.snapshots.is_empty());
+    rig.advance(MIN);
+    assert_eq!(rig.snapshots, [Freshness::Read], "read ahead at 01:29");
+    rig.answer_snapshot();
+    rig.advance(MIN);
+    assert_eq!(
+        rig.snapshots,
+        [Freshness::Read, Freshness::Cached],
+        "the start takes the cache, at once"
+    );
+    rig.answer_snapshot();
+    assert_eq!(rig.writes.len(), 1, "the first write goes out at 01:30");
+}
+
+#[test]
+fn a_restart_resumes_a_charge_without_writing_again_and_stops_at_the_target() {
+    let mut rig = Rig::with_soc(40);
+    rig.command(Command::ChargeNow(target(45)));
+    rig.answer_snapshot();
+    rig.confirm_writes();
+    let state = State {
+        version: FORMAT_VERSION,
+        schedule: rig.core.schedule().cloned(),
+        session: rig.core.session().cloned(),
+    };
+
+    let mut after = Rig::new(state);
+    assert!(after.writes.is_empty(), "resuming writes nothing");
+    assert!(after.core.status().is_charging());
+    after.telemetry(44);
+    assert!(after.writes.is_empty());
+    after.telemetry(45);
+    assert_eq!(after.writes[0], Write::new(AC_CHARGE, SettingValue::Int(0)));
+    after.confirm_writes();
+    assert_eq!(after.history.len(), 1);
+    assert_eq!(
+        after.history[0].stop_reason,
+        Some(StopReason::TargetReached)
+    );
+    assert!(
+        after.core.schedule().is_none(),
+        "the once schedule is spent"
+    );
+}
+
+#[test]
+fn a_stop_is_answered_once_ac_charging_is_off() {
+    let mut rig = Rig::with_soc(40);
+    rig.command(Command::ChargeNow(target(80)));
+    rig.answer_snapshot();
+    rig.confirm_writes();
+    let id = rig.command(Command::CancelSchedule);
+    assert!(rig.reply(id).is_none(), "ACCharge = 0 is not confirmed yet");
+    assert_eq!(rig.writes[0], Write::new(AC_CHARGE, SettingValue::Int(0)));
+    rig.writes.remove(0);
+    rig.feed(Input::WriteDone(WriteResult::Confirmed));
+    match rig.reply(id) {
+        Some(Reply::Stop(o)) => assert!(o.success, "{o:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(!rig.core.status().is_charging());
+    assert_eq!(rig.core.status().target_soc(), None);
+}
+
+#[test]
+fn a_charge_asked_for_during_a_restore_waits_for_the_write_in_flight_then_takes_over() {
+    let mut rig = Rig::with_soc(40);
+    rig.command(Command::ChargeNow(target(45)));
+    rig.answer_snapshot();
+    rig.confirm_writes();
+    rig.telemetry(45);
+    // ACCharge = 0 confirmed, the first restore write out.
+    rig.writes.remove(0);
+    rig.feed(Input::WriteDone(WriteResult::Confirmed));
+    assert_eq!(rig.writes.len(), 1);
+    let id = rig.command(Command::ChargeNow(target(60)));
+    assert!(rig.reply(id).is_none());
+    assert_eq!(rig.core.session().unwrap().target, target(45), "not yet");
+    rig.writes.remove(0);
+    rig.feed(Input::WriteDone(WriteResult::Rejected("busy".into())));
+    assert_eq!(rig.history.len(), 1, "the first charge ends, handing over");
+    let s = rig.core.session().unwrap();
+    assert_eq!(s.target, target(60));
+    assert!(!s.inherited.is_empty());
+    assert_eq!(rig.snapshots.len(), 2, "the new charge reads the settings");
+}
+
+#[test]
+fn a_once_schedule_and_the_target_are_gone_from_the_status_once_ac_charging_is_off() {
+    let mut rig = Rig::with_soc(40);
+    rig.schedule(once_at("01:30", 45));
+    rig.advance(29 * MIN);
+    rig.answer_snapshot();
+    rig.advance(MIN);
+    rig.answer_snapshot();
+    rig.confirm_writes();
+    assert_eq!(rig.core.status().target_soc(), Some(target(45)));
+    rig.telemetry(45);
+    rig.writes.remove(0);
+    rig.feed(Input::WriteDone(WriteResult::Confirmed));
+    assert!(rig.core.session().is_some(), "restores still to come");
+    assert_eq!(rig.core.status().schedule, None);
+    assert_eq!(rig.core.status().target_soc(), None);
+}
+
+#[test]
+fn no_write_goes_out_before_the_first_broker_connection_after_a_boot() {
+    let mut rig = Rig::new(State::default());
+    rig.feed(Input::Dongle(DongleInput::Connected(false)));
+    let mut rig2 = Rig {
+        core: EngineCore::new(rig.core.cfg.clone(), State::default(), rig.now.wall),
+        ..rig
+    };
+    rig2.feed(Input::Boot { connected: false });
+    rig2.telemetry(40);
+    rig2.command(Command::ChargeNow(target(80)));
+    assert!(rig2.snapshots.is_empty(), "waits for the broker");
+    rig2.feed(Input::Dongle(DongleInput::Connected(true)));
+    assert_eq!(rig2.snapshots, [Freshness::Read]);
+}
+
+#[test]
+fn next_wake_is_the_earliest_of_the_start_and_the_check_interval() {
+    let mut rig = Rig::with_soc(40);
+    assert_eq!(rig.core.next_wake(rig.now), Duration::from_secs(30));
+    rig.schedule(once_at("01:01", 80));
+    assert_eq!(
+        rig.snapshots,
+        [Freshness::Read],
+        "the start is a minute away"
+    );
+    rig.answer_snapshot();
+    rig.advance(50 * SEC);
+    assert_eq!(rig.core.next_wake(rig.now), Duration::from_secs(10));
+    rig.advance(10 * SEC);
+    assert!(rig.core.session().is_some(), "fired at 01:01");
+}
