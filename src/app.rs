@@ -155,6 +155,7 @@ pub fn charge_params(config: &Config) -> ChargeParams {
         stale_after: c.stale_after,
         taper_after: Duration::from_secs(u64::from(c.taper_minutes) * 60),
         stall_after: Duration::from_secs(u64::from(c.stall_minutes) * 60),
+        sabotage: Default::default(),
     }
 }
 

@@ -143,12 +143,7 @@ impl Store {
 
     /// Replaces the state file atomically.
     pub fn save(&self, state: &State) -> Result<(), StoreError> {
-        let state = State {
-            version: FORMAT_VERSION,
-            ..state.clone()
-        };
-        let bytes = serde_json::to_vec_pretty(&state).expect("state serializes");
-        self.write_atomic(STATE_FILE, &bytes)
+        self.write_atomic(STATE_FILE, &encode_state(state))
     }
 
     fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
@@ -204,6 +199,20 @@ impl Store {
             .take(limit.min(HISTORY_LIMIT))
             .collect())
     }
+}
+
+/// The state file's bytes for `state` (stamped with this build's format version).
+pub fn encode_state(state: &State) -> Vec<u8> {
+    let state = State {
+        version: FORMAT_VERSION,
+        ..state.clone()
+    };
+    serde_json::to_vec_pretty(&state).expect("state serializes")
+}
+
+/// Reads a state file's bytes, or says why they cannot be used.
+pub fn decode_state(bytes: &[u8]) -> Result<State, String> {
+    parse_state(bytes)
 }
 
 fn parse_state(bytes: &[u8]) -> Result<State, String> {

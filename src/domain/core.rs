@@ -25,7 +25,8 @@ use tracing::{debug, info, warn};
 
 use crate::domain::schedule::{Due, Schedule, ScheduleError};
 use crate::domain::session::{
-    AC_CHARGE, ChargeParams, Now, Origin, Phase, Report, Session, StopReason, Write, WriteResult,
+    AC_CHARGE, ChargeParams, Now, Origin, Phase, Report, Sabotage, Session, StopReason, Write,
+    WriteResult,
 };
 use crate::domain::soc_filter::{SocFilter, SocRule, Verdict};
 use crate::domain::state::{FORMAT_VERSION, SessionRecord, State};
@@ -449,7 +450,9 @@ impl EngineCore {
         };
         match schedule.due(now.wall) {
             Due::Fire(occurrence) => {
-                schedule.consume(occurrence, now.wall, &self.cfg.tz);
+                if self.cfg.params.sabotage != Sabotage::DoubleFire {
+                    schedule.consume(occurrence, now.wall, &self.cfg.tz);
+                }
                 let target = schedule.target;
                 let next = schedule.next_run;
                 info!(%occurrence, target = %target, next_run = ?next, "schedule fired");

@@ -63,6 +63,45 @@ const RESTORE_ATTEMPTS: u32 = 3;
 /// a setting, such a report of it is not taken as another app's change.
 pub const ECHO_GRACE: Duration = Duration::from_secs(20);
 
+/// A safety rule switched off on purpose, so that the night simulator can show that its
+/// checks catch the loss. Never set by the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sabotage {
+    #[default]
+    None,
+    /// The safety cutoff never stops a charge.
+    IgnoreCutoff,
+    /// The stop switches AC charging off and puts nothing back.
+    SkipRestore,
+    /// A scheduled occurrence is not consumed when it fires.
+    DoubleFire,
+    /// A silent dongle never stops a charge.
+    IgnoreStale,
+}
+
+impl Sabotage {
+    pub const ALL: [Sabotage; 4] = [
+        Sabotage::IgnoreCutoff,
+        Sabotage::SkipRestore,
+        Sabotage::DoubleFire,
+        Sabotage::IgnoreStale,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Sabotage::None => "none",
+            Sabotage::IgnoreCutoff => "ignore-cutoff",
+            Sabotage::SkipRestore => "skip-restore",
+            Sabotage::DoubleFire => "double-fire",
+            Sabotage::IgnoreStale => "ignore-stale",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Sabotage> {
+        Sabotage::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
 /// What the session needs to know about the inverter and the rules, from config.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChargeParams {
@@ -72,6 +111,8 @@ pub struct ChargeParams {
     pub stale_after: Duration,
     pub taper_after: Duration,
     pub stall_after: Duration,
+    /// See [`Sabotage`]; `None` in the service.
+    pub sabotage: Sabotage,
 }
 
 impl Default for ChargeParams {
@@ -83,6 +124,7 @@ impl Default for ChargeParams {
             stale_after: Duration::from_secs(90),
             taper_after: Duration::from_secs(600),
             stall_after: Duration::from_secs(1800),
+            sabotage: Sabotage::None,
         }
     }
 }
@@ -478,6 +520,9 @@ impl Session {
             Phase::Stopping => self.stop_plan.get(self.stop_done).cloned(),
             Phase::Preparing | Phase::Done => None,
         }?;
+        // The retry is under way: its instant, now past, must not stay a deadline (the
+        // engine would wake at once, again and again, until the write is answered).
+        self.rt.retry_at = None;
         if self.phase == Phase::Starting {
             if !self.touched.contains(&w.setting) {
                 self.touched.push(w.setting.clone());
@@ -755,6 +800,7 @@ impl Session {
         }
         let since = |t: Option<Duration>| t.map(|t| now.mono.saturating_sub(t));
         if let Some(silent) = since(self.rt.last_message)
+            && self.rt.params.sabotage != Sabotage::IgnoreStale
             && (silent >= self.rt.params.stale_after || self.rt.dongle_offline)
         {
             let why = if self.rt.dongle_offline {
@@ -795,6 +841,9 @@ impl Session {
     }
 
     fn check_cutoff(&mut self, now: Now) {
+        if self.rt.params.sabotage == Sabotage::IgnoreCutoff {
+            return;
+        }
         if !matches!(
             self.phase,
             Phase::Preparing | Phase::Starting | Phase::Charging

@@ -11,3 +11,4 @@
 pub mod broker;
 pub mod dongle;
 pub mod inverter;
+pub mod nights;

@@ -1311,3 +1311,22 @@ fn the_old_soc_limit_reported_after_a_target_change_is_not_an_override() {
     s.on_setting_reported(t2, SOC_LIMIT, Some(SettingValue::Int(70)), Report::Polled);
     assert_stopped_for_override(&s);
 }
+
+#[test]
+fn a_retry_in_flight_leaves_no_deadline_in_the_past() {
+    let mut s = charging(80);
+    let t1 = after(t0(), mins(10));
+    s.cancel(t1, "stopped by the user");
+    s.next_write(t1).unwrap();
+    s.on_write_result(t1, WriteResult::Rejected("busy".into()));
+    let retry = after(t1, STOP_RETRY_INTERVAL);
+    assert_eq!(s.next_mono_deadline(), Some(retry.mono));
+    assert_eq!(s.next_write(retry), Some(set(AC_CHARGE, 0)));
+    // While the retry waits for its answer, nothing is due before the next rule's deadline.
+    let later = after(retry, Duration::from_secs(5));
+    assert!(
+        s.next_mono_deadline().is_none_or(|d| d > later.mono),
+        "{:?}",
+        s.next_mono_deadline()
+    );
+}
