@@ -62,8 +62,9 @@ pub const DRAIN_LIMIT: Duration = Duration::from_secs(4);
 const _: () = assert!(DRAIN_LIMIT.as_secs() < crate::app::SHUTDOWN_LIMIT.as_secs());
 
 /// The largest request head (and read buffer) a connection may fill: the size of the largest
-/// body taken ([`super::MAX_BODY`]), and room for the 60 KiB header values the contract tests
-/// send. hyper's default (~400 KiB) would let each connection under the cap grow that big.
+/// body taken ([`super::MAX_BODY`]), room for a long token or cookie (60 KiB header values
+/// are served). hyper's default (~400 KiB) would let each connection under the cap grow that
+/// big.
 pub const MAX_HEAD: usize = 64 * 1024;
 
 /// After at least this many connections were open at once, memory is handed back to the
