@@ -12,7 +12,9 @@
 //! * memory (VmRSS): idle, after 10k HTTP requests, after a simulated week of dongle traffic;
 //! * HTTP throughput and p99 latency of `GET /api/charge/status` under concurrent clients;
 //! * idle CPU (utime + stime) over 60 s;
-//! * cost growth: stop latency, CPU and RSS with 1, 10 and 100 telemetry messages/s running.
+//! * cost growth: stop latency, CPU and RSS with 1, 10 and 100 telemetry messages/s running;
+//! * the HTTP edge under a burst of 2,000 connections (half send a request, half stay silent):
+//!   RSS while they are open and 10 s after they close, once and after 10 bursts.
 //!
 //! Run with `scripts/bench.sh` (builds both in release and prints the table), or
 //! `cargo run --release --example bench -- --bin target/release/solar-charging-backend`.
@@ -43,9 +45,12 @@ const AFTER_START: Duration = Duration::from_millis(1200);
 
 // --- options ---------------------------------------------------------------------------------
 
-const PHASES: [&str; 7] = [
-    "startup", "idle", "stop", "schedule", "http", "week", "growth",
+const PHASES: [&str; 8] = [
+    "startup", "idle", "stop", "schedule", "http", "week", "growth", "edge",
 ];
+
+/// Connections opened at once in one burst of the edge phase.
+const BURST: usize = 2_000;
 
 struct Opts {
     bin: PathBuf,
@@ -59,6 +64,7 @@ struct Opts {
     http_clients: usize,
     week_messages: u64,
     idle_secs: u64,
+    edge_bursts: usize,
     out: Option<PathBuf>,
     /// The phases to run (all when empty).
     only: Vec<String>,
@@ -82,6 +88,7 @@ impl Opts {
             http_clients: 32,
             week_messages: 7 * 24 * 3600,
             idle_secs: 60,
+            edge_bursts: 10,
             out: None,
             only: Vec::new(),
         };
@@ -100,6 +107,7 @@ impl Opts {
                 "--http-requests" => o.http_requests = val(&a)?.parse()?,
                 "--week-messages" => o.week_messages = val(&a)?.parse()?,
                 "--idle-secs" => o.idle_secs = val(&a)?.parse()?,
+                "--edge-bursts" => o.edge_bursts = val(&a)?.parse::<usize>()?.max(1),
                 "--growth-rates" => {
                     o.growth_rates = val(&a)?
                         .split(',')
@@ -124,12 +132,14 @@ impl Opts {
                     o.http_requests = 2_000;
                     o.week_messages = 20_000;
                     o.idle_secs = 5;
+                    o.edge_bursts = 2;
                 }
                 "--help" | "-h" => {
                     println!(
                         "bench [--bin PATH] [--out FILE] [--quick] [--startup-runs N] [--stop-runs N] \
                          [--schedule-runs N] [--growth-runs N] [--http-requests N] \
                          [--week-messages N] [--idle-secs N] [--growth-rates 1,10,100] \
+                         [--edge-bursts N] \
                          [--only PHASE,...] (phases: {})",
                         PHASES.join(",")
                     );
@@ -368,6 +378,11 @@ impl Service {
             get("Anonymous:").context("no Anonymous in smaps_rollup")?,
             get("Rss:").context("no Rss in smaps_rollup")? - get("Anonymous:").unwrap_or(0),
         ))
+    }
+
+    /// Open file descriptors of the service: its sockets (accepted connections among them).
+    fn fds(&self) -> usize {
+        fs::read_dir(format!("/proc/{}/fd", self.pid)).map_or(0, |d| d.count())
     }
 
     fn threads(&self) -> anyhow::Result<u64> {
@@ -660,6 +675,92 @@ async fn feeder(broker_port: u16) -> anyhow::Result<AsyncClient> {
         .await
         .context("the feeder did not connect within 10 s")??;
     Ok(client)
+}
+
+/// What one burst of connections saw, from the clients' side and the service's.
+struct Burst {
+    /// Connections whose TCP handshake completed (the kernel completes it for connections
+    /// still waiting in the listener's backlog).
+    connected: usize,
+    /// Connection attempts that failed (refused or reset).
+    failed: usize,
+    /// Requests answered while the burst was held.
+    answered: usize,
+    /// The service's RSS and open file descriptors while the burst was held.
+    rss_kb: u64,
+    fds: usize,
+}
+
+/// Opens `n` connections at once to `addr`, every other one sending a keep-alive
+/// `GET /api/charge/status` and the rest silent; holds them for a moment after the last
+/// attempt has connected or failed (at most `settle` in all), measures the service, then closes
+/// every connection (attempts still connecting are abandoned).
+async fn burst(svc: &Service, n: usize, settle: Duration) -> anyhow::Result<Burst> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, svc.http_port));
+    let (close_tx, close_rx) = tokio::sync::watch::channel(false);
+    let connected = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (connected, failed, answered) = (connected.clone(), failed.clone(), answered.clone());
+        let mut close = close_rx.clone();
+        tasks.spawn(async move {
+            let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+                failed.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            connected.fetch_add(1, Ordering::Relaxed);
+            if i % 2 == 0
+                && s.write_all(b"GET /api/charge/status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                    .await
+                    .is_err()
+            {
+                return;
+            }
+            let mut buf = [0u8; 512];
+            let mut counted = false;
+            loop {
+                tokio::select! {
+                    _ = close.changed() => return,
+                    r = s.read(&mut buf) => match r {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) if !counted => {
+                            counted = true;
+                            answered.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(_) => {}
+                    },
+                }
+            }
+        });
+    }
+    let t0 = Instant::now();
+    while connected.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) < n
+        && t0.elapsed() < settle
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Time for the service to take and answer what it can.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (rss_kb, fds) = (svc.rss_kb()?, svc.fds());
+    let _ = close_tx.send(true);
+    // Ends the held connections (they see the close signal) and abandons attempts still in
+    // their TCP handshake.
+    tokio::time::timeout(Duration::from_secs(2), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await
+    .ok();
+    tasks.shutdown().await;
+    Ok(Burst {
+        connected: connected.load(Ordering::Relaxed),
+        failed: failed.load(Ordering::Relaxed),
+        answered: answered.load(Ordering::Relaxed),
+        rss_kb,
+        fds,
+    })
 }
 
 // --- the bench ---------------------------------------------------------------------------------
@@ -1082,6 +1183,62 @@ impl Bench {
         }
         Ok(())
     }
+
+    /// Bursts of [`BURST`] connections, each held open for a moment and then closed; RSS is
+    /// read while they are open and 10 s after they close.
+    async fn edge_phase(&mut self, idle_rss: u64) -> anyhow::Result<()> {
+        let bursts = self.opts.edge_bursts;
+        let before = self.svc.rss_kb()?;
+        let mut after = before;
+        for i in 1..=bursts {
+            let b = burst(&self.svc, BURST, Duration::from_secs(5)).await?;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            self.svc.exited()?;
+            after = self.svc.rss_kb()?;
+            progress(format!(
+                "edge burst {i}/{bursts}: {} connected, {} failed, {} answered; service {} fds, RSS {} open, {} 10 s after",
+                b.connected,
+                b.failed,
+                b.answered,
+                b.fds,
+                mb(b.rss_kb),
+                mb(after)
+            ));
+            if i == 1 {
+                self.table.add(
+                    &format!(
+                        "RSS with {BURST} connections opened at once (half send a request, half stay silent)"
+                    ),
+                    1,
+                    format!(
+                        "{} (before: {}; {} connected, {} answered while held; the service had {} file descriptors open)",
+                        mb(b.rss_kb),
+                        mb(before),
+                        b.connected,
+                        b.answered,
+                        b.fds
+                    ),
+                );
+                self.table.check(
+                    &format!("RSS 10 s after those {BURST} connections closed"),
+                    1,
+                    mb(after),
+                    "<= idle + 16 MiB",
+                    after <= idle_rss + 16 * 1024,
+                );
+            }
+        }
+        if bursts > 1 {
+            self.table.check(
+                &format!("RSS 10 s after {bursts} such bursts"),
+                bursts,
+                mb(after),
+                "<= idle + 16 MiB",
+                after <= idle_rss + 16 * 1024,
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Startup: spawn -> first 200 from /api/health, each on a fresh data directory.
@@ -1224,6 +1381,14 @@ async fn main() -> anyhow::Result<()> {
     if b.opts.wants("growth") {
         progress("cost growth");
         b.growth_phase().await?;
+    }
+
+    if b.opts.wants("edge") {
+        progress(format!(
+            "HTTP edge: {} bursts of {BURST} connections",
+            b.opts.edge_bursts
+        ));
+        b.edge_phase(idle_rss).await?;
     }
 
     let hwm = b.svc.proc_status_kb("VmHWM:")?;

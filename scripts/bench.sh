@@ -5,6 +5,7 @@
 #   scripts/bench.sh                 # the full run: about 30 minutes
 #   scripts/bench.sh --quick         # a few runs of each measurement, to check the bench
 #   scripts/bench.sh --out table.md  # also write the table to a file
+#   scripts/bench.sh --only edge     # one phase (here: RSS under bursts of 2,000 connections)
 #
 # CARGO_TARGET_DIR is honoured (default: ./target). The builds run under `nice -n 10`; the
 # measurement itself does not.

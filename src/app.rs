@@ -222,18 +222,22 @@ pub async fn start(
         store,
         api_key: config.server.api_key.clone(),
         started: std::time::Instant::now(),
-        clock,
+        clock: clock.clone(),
     };
     let router = http::router(api, &config.server.cors_origins, Duration::from_secs(120));
     let addr = listener.local_addr()?;
-    let http_shutdown = shutdown.clone();
-    let http_task = tokio::spawn(async move {
-        let serve =
-            axum::serve(listener, router).with_graceful_shutdown(http_shutdown.cancelled_owned());
-        if let Err(e) = serve.await {
-            warn!("the HTTP server stopped: {e}");
-        }
-    });
+    let limits = http::serve::Limits {
+        header_timeout: config.server.header_timeout,
+        idle_timeout: config.server.idle_timeout,
+        max_connections: config.server.max_connections,
+    };
+    let http_task = tokio::spawn(http::serve::serve(
+        listener,
+        router,
+        limits,
+        clock,
+        shutdown.clone(),
+    ));
     let mut other_tasks: Vec<(&'static str, JoinHandle<()>)> = dongle_tasks
         .into_iter()
         .zip(["MQTT connection", "dongle writer"])

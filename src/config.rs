@@ -53,6 +53,18 @@ pub struct ServerConfig {
     pub api_key: Option<Secret>,
     /// Allowed CORS origins; `["*"]` (the default) allows any, as the app and browsers need.
     pub cors_origins: Vec<String>,
+    /// A request head (request line and headers) must arrive within this of its first byte.
+    pub header_timeout: Duration,
+    /// A connection with no request in flight is closed after this.
+    pub idle_timeout: Duration,
+    /// The most connections served at once; more wait in the kernel's listen backlog.
+    pub max_connections: usize,
+}
+
+impl ServerConfig {
+    pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 128;
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -263,7 +275,15 @@ pub fn parse(text: &str, env: &EnvOverrides) -> Result<Loaded, Vec<Problem>> {
     c.unknown_keys(
         "server",
         &server,
-        &["host", "port", "api_key", "cors_origins"],
+        &[
+            "host",
+            "port",
+            "api_key",
+            "cors_origins",
+            "header_timeout_seconds",
+            "idle_timeout_seconds",
+            "max_connections",
+        ],
     );
     let mut server_cfg = ServerConfig {
         host: c
@@ -274,6 +294,31 @@ pub fn parse(text: &str, env: &EnvOverrides) -> Result<Loaded, Vec<Problem>> {
         cors_origins: c
             .string_list(&server, "server.cors_origins")
             .unwrap_or_else(|| vec!["*".into()]),
+        // At most 10 s: a slow client holds one of the few connection slots while its head
+        // dribbles in.
+        header_timeout: Duration::from_secs(c.int(
+            &server,
+            "server.header_timeout_seconds",
+            ServerConfig::DEFAULT_HEADER_TIMEOUT.as_secs() as i64,
+            1,
+            10,
+        ) as u64),
+        idle_timeout: Duration::from_secs(c.int(
+            &server,
+            "server.idle_timeout_seconds",
+            ServerConfig::DEFAULT_IDLE_TIMEOUT.as_secs() as i64,
+            1,
+            3600,
+        ) as u64),
+        // Each connection costs a file descriptor and ~20 KB of memory; 1000 stays under the
+        // usual limit of 1024 open files of a service.
+        max_connections: c.int(
+            &server,
+            "server.max_connections",
+            ServerConfig::DEFAULT_MAX_CONNECTIONS as i64,
+            1,
+            1000,
+        ) as usize,
     };
     if let Some(p) = &env.server_port {
         match p.trim().parse::<u16>() {
@@ -801,6 +846,51 @@ apns:
     fn yaml_syntax_errors_say_where() {
         let p = parse("mqtt: [1,\n", &no_env()).unwrap_err();
         assert!(p[0].message.contains("line 1"), "{}", p[0]);
+    }
+
+    #[test]
+    fn the_http_limits_have_defaults_for_a_home_box() {
+        let l = parse("mqtt: {host: h, dongle_prefix: d}", &no_env()).unwrap();
+        let s = &l.config.server;
+        assert_eq!(s.header_timeout, Duration::from_secs(10));
+        assert_eq!(s.idle_timeout, Duration::from_secs(30));
+        assert_eq!(s.max_connections, 128);
+    }
+
+    #[test]
+    fn the_http_limits_can_be_set() {
+        let text = "mqtt: {host: h, dongle_prefix: d}\nserver: {header_timeout_seconds: 5, idle_timeout_seconds: 120, max_connections: 16}";
+        let l = parse(text, &no_env()).unwrap();
+        let s = &l.config.server;
+        assert_eq!(s.header_timeout, Duration::from_secs(5));
+        assert_eq!(s.idle_timeout, Duration::from_secs(120));
+        assert_eq!(s.max_connections, 16);
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+    }
+
+    #[test]
+    fn http_limits_out_of_range_are_refused_with_the_range() {
+        let text = "mqtt: {host: h, dongle_prefix: d}\nserver: {header_timeout_seconds: 30, idle_timeout_seconds: 0, max_connections: 0.5}";
+        let p = parse(text, &no_env()).unwrap_err();
+        let paths: Vec<_> = p.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "server.header_timeout_seconds",
+                "server.idle_timeout_seconds",
+                "server.max_connections"
+            ]
+        );
+        assert!(p[0].message.contains("from 1 to 10, found 30"), "{}", p[0]);
+        assert!(p[1].message.contains("from 1 to 3600"), "{}", p[1]);
+        assert!(p[2].message.contains("from 1 to 1000"), "{}", p[2]);
+        let p = parse(
+            "mqtt: {host: h, dongle_prefix: d}\nserver: {max_connections: lots}",
+            &no_env(),
+        )
+        .unwrap_err();
+        assert_eq!(p[0].path, "server.max_connections");
+        assert!(p[0].message.contains("expected a number"), "{}", p[0]);
     }
 
     #[test]

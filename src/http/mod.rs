@@ -3,6 +3,7 @@
 
 pub mod dto;
 pub mod openapi;
+pub mod serve;
 pub mod validate;
 
 use std::sync::Arc;

@@ -7,6 +7,7 @@ mod charging;
 mod contract;
 mod demo;
 mod docs;
+mod edge;
 mod guards;
 mod process;
 mod resilience;
