@@ -116,6 +116,8 @@ pub struct SessionView {
     pub phase: Phase,
     pub charging: bool,
     pub start_soc: Option<Soc>,
+    /// Energy into the battery so far (Wh), when the dongle reports charge power.
+    pub energy_wh: Option<f64>,
 }
 
 /// Everything the API shows, refreshed by the engine after every change.
@@ -1124,6 +1126,7 @@ impl Engine {
             phase: s.phase,
             charging: s.is_charging(),
             start_soc: s.start_soc,
+            energy_wh: s.energy_wh,
         });
         let mqtt = self.dongle.is_connected();
         self.status.send_if_modified(|st| {
