@@ -193,11 +193,12 @@ pub async fn start(
     let shutdown = CancellationToken::new();
     let io_shutdown = CancellationToken::new();
     let (events_tx, events_rx) = mpsc::channel(1024);
-    let (dongle, dongle_tasks) = client::spawn(
+    let (dongle, _mqtt, dongle_tasks) = client::spawn(
         dongle_settings(config),
         clock.clone(),
         events_tx,
         io_shutdown.clone(),
+        None,
     );
     let engine_cfg = EngineConfig {
         params: charge_params(config),
