@@ -193,13 +193,20 @@ pub async fn start(
     let shutdown = CancellationToken::new();
     let io_shutdown = CancellationToken::new();
     let (events_tx, events_rx) = mpsc::channel(1024);
-    let (dongle, _mqtt, dongle_tasks) = client::spawn(
+    // The port actually listened on (the configured one, or the one port 0 picked).
+    let http_port = listener.local_addr()?.port();
+    let (ha_extra, home_assistant) = match crate::ha::prepare(config, data_dir, http_port) {
+        Some((extra, integration)) => (extra, Some(integration)),
+        None => (None, None),
+    };
+    let (dongle, mqtt, dongle_tasks) = client::spawn(
         dongle_settings(config),
         clock.clone(),
         events_tx,
         io_shutdown.clone(),
-        None,
+        ha_extra,
     );
+    let mqtt_connected = dongle.connected();
     let engine_cfg = EngineConfig {
         params: charge_params(config),
         tz: config.timezone.clone(),
@@ -219,10 +226,10 @@ pub async fn start(
     let api = ApiState {
         engine: handle.clone(),
         tz: config.timezone.clone(),
-        store,
+        store: store.clone(),
         api_key: config.server.api_key.clone(),
         started: std::time::Instant::now(),
-        clock,
+        clock: clock.clone(),
     };
     let router = http::router(api, &config.server.cors_origins, Duration::from_secs(120));
     let addr = listener.local_addr()?;
@@ -240,6 +247,17 @@ pub async fn start(
         .map(|(t, name)| (name, t))
         .collect();
     other_tasks.push(("HTTP server", http_task));
+    if let Some(integration) = home_assistant {
+        let links = crate::ha::Links {
+            mqtt,
+            connected: mqtt_connected,
+            engine: handle.clone(),
+            store,
+            clock: clock.clone(),
+        };
+        let task = tokio::spawn(integration.run(links, io_shutdown.clone()));
+        other_tasks.push(("Home Assistant", task));
+    }
     info!(%addr, zone = %config.timezone_name, data_dir = %data_dir.display(), "serving the API");
     Ok(App {
         addr,
