@@ -8,6 +8,7 @@ mod contract;
 mod demo;
 mod docs;
 mod guards;
+mod home_assistant;
 mod process;
 mod resilience;
 mod sessions;
