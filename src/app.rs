@@ -1,4 +1,5 @@
-//! Wiring: store, dongle client, engine and HTTP server, started together and stopped together.
+//! Wiring: store, dongle client, engine, HTTP server and (when configured) Home Assistant,
+//! started together and stopped together.
 
 use std::net::SocketAddr;
 use std::path::Path;
