@@ -1,4 +1,5 @@
-//! Wiring: store, dongle client, engine and HTTP server, started together and stopped together.
+//! Wiring: store, dongle client, engine, HTTP server and (when configured) Home Assistant,
+//! started together and stopped together.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -194,12 +195,20 @@ pub async fn start(
     let shutdown = CancellationToken::new();
     let io_shutdown = CancellationToken::new();
     let (events_tx, events_rx) = mpsc::channel(1024);
-    let (dongle, dongle_tasks) = client::spawn(
+    // The port actually listened on (the configured one, or the one port 0 picked).
+    let http_port = listener.local_addr()?.port();
+    let (ha_extra, home_assistant) = match crate::ha::prepare(config, data_dir, http_port) {
+        Some((extra, integration)) => (extra, Some(integration)),
+        None => (None, None),
+    };
+    let (dongle, mqtt, dongle_tasks) = client::spawn(
         dongle_settings(config),
         clock.clone(),
         events_tx,
         io_shutdown.clone(),
+        ha_extra,
     );
+    let mqtt_connected = dongle.connected();
     let engine_cfg = EngineConfig {
         params: charge_params(config),
         tz: config.timezone.clone(),
@@ -219,7 +228,7 @@ pub async fn start(
     let api = ApiState {
         engine: handle.clone(),
         tz: config.timezone.clone(),
-        store,
+        store: store.clone(),
         api_key: config.server.api_key.clone(),
         started: std::time::Instant::now(),
         clock: clock.clone(),
@@ -235,7 +244,7 @@ pub async fn start(
         listener,
         router,
         limits,
-        clock,
+        clock.clone(),
         shutdown.clone(),
     ));
     let mut other_tasks: Vec<(&'static str, JoinHandle<()>)> = dongle_tasks
@@ -244,6 +253,17 @@ pub async fn start(
         .map(|(t, name)| (name, t))
         .collect();
     other_tasks.push(("HTTP server", http_task));
+    if let Some(integration) = home_assistant {
+        let links = crate::ha::Links {
+            mqtt,
+            connected: mqtt_connected,
+            engine: handle.clone(),
+            store,
+            clock: clock.clone(),
+        };
+        let task = tokio::spawn(integration.run(links, io_shutdown.clone()));
+        other_tasks.push(("Home Assistant", task));
+    }
     info!(%addr, zone = %config.timezone_name, data_dir = %data_dir.display(), "serving the API");
     Ok(App {
         addr,

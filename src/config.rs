@@ -106,12 +106,56 @@ pub struct LoggingConfig {
     pub format: LogFormat,
 }
 
+/// The `home_assistant:` section: the scheduler as a Home Assistant device, through MQTT
+/// discovery on the dongle's broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HomeAssistantConfig {
+    pub enabled: bool,
+    /// Home Assistant's discovery prefix (its MQTT integration's setting).
+    pub discovery_prefix: String,
+    /// The node id in every topic: as configured, or derived from the dongle prefix.
+    pub node_id: String,
+    /// The device's link to the dashboard, when set; otherwise one is derived from `server`.
+    pub configuration_url: Option<String>,
+}
+
+impl HomeAssistantConfig {
+    pub const DEFAULT_DISCOVERY_PREFIX: &str = "homeassistant";
+
+    /// The section's defaults for a dongle prefix.
+    pub fn defaults(dongle_prefix: &str) -> HomeAssistantConfig {
+        HomeAssistantConfig {
+            enabled: false,
+            discovery_prefix: Self::DEFAULT_DISCOVERY_PREFIX.into(),
+            node_id: default_node_id(dongle_prefix),
+            configuration_url: None,
+        }
+    }
+}
+
+/// `solar_` and the dongle prefix with every character Home Assistant does not allow in a
+/// node id (`[a-zA-Z0-9_-]`) replaced by `_`: `dongle-40:4C:CA:AB:CD:EF` becomes
+/// `solar_dongle-40_4C_CA_AB_CD_EF`. Stable for a given dongle, so the entities keep their
+/// identity across restarts and reinstalls.
+pub fn default_node_id(dongle_prefix: &str) -> String {
+    let clean: String = dongle_prefix
+        .chars()
+        .map(|c| if valid_node_char(c) { c } else { '_' })
+        .collect();
+    format!("solar_{clean}")
+}
+
+fn valid_node_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == '-'
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub mqtt: MqttConfig,
     pub server: ServerConfig,
     pub charging: ChargingConfig,
     pub logging: LoggingConfig,
+    pub home_assistant: HomeAssistantConfig,
     /// The IANA zone schedules are computed in.
     pub timezone: TimeZone,
     /// The zone's name for display (`system` when taken from the system).
@@ -235,7 +279,14 @@ pub fn parse(text: &str, env: &EnvOverrides) -> Result<Loaded, Vec<Problem>> {
     c.unknown_keys(
         "",
         root,
-        &["mqtt", "server", "charging", "logging", "timezone"],
+        &[
+            "mqtt",
+            "server",
+            "charging",
+            "logging",
+            "home_assistant",
+            "timezone",
+        ],
     );
     if root.contains_key("apns") {
         // Named separately: the old backend's push section is expected in real files.
@@ -457,6 +508,8 @@ pub fn parse(text: &str, env: &EnvOverrides) -> Result<Loaded, Vec<Problem>> {
         }
     };
 
+    let home_assistant = home_assistant_section(&mut c, root, &mqtt.dongle_prefix);
+
     let (timezone, timezone_name) = match c.opt_string(root, "timezone") {
         Some(name) => match TimeZone::get(&name) {
             Ok(tz) => (tz, name),
@@ -482,11 +535,75 @@ pub fn parse(text: &str, env: &EnvOverrides) -> Result<Loaded, Vec<Problem>> {
             server: server_cfg,
             charging,
             logging: LoggingConfig { level, format },
+            home_assistant,
             timezone,
             timezone_name,
         },
         warnings: c.warnings,
     })
+}
+
+fn home_assistant_section(
+    c: &mut Checker,
+    root: &Map<String, Value>,
+    dongle_prefix: &str,
+) -> HomeAssistantConfig {
+    let ha = c.section(root, "home_assistant");
+    c.unknown_keys(
+        "home_assistant",
+        &ha,
+        &[
+            "enabled",
+            "discovery_prefix",
+            "node_id",
+            "configuration_url",
+        ],
+    );
+    let mut out = HomeAssistantConfig::defaults(dongle_prefix);
+    out.enabled = c.bool(&ha, "home_assistant.enabled", false);
+    if let Some(p) = c.opt_string(&ha, "home_assistant.discovery_prefix") {
+        let bad = p.trim().is_empty()
+            || p.contains(['#', '+'])
+            || p.starts_with('/')
+            || p.ends_with('/')
+            || p.contains("//")
+            || p.chars().any(char::is_whitespace);
+        if bad {
+            c.error(
+                "home_assistant.discovery_prefix",
+                format!(
+                    "{p:?} is not a usable topic prefix: expected Home Assistant's discovery prefix, e.g. \"homeassistant\" (no '#', '+', spaces, or '/' at either end)"
+                ),
+            );
+        }
+        out.discovery_prefix = p;
+    }
+    if let Some(id) = c.opt_string(&ha, "home_assistant.node_id") {
+        if id.is_empty() || !id.chars().all(valid_node_char) {
+            c.error(
+                "home_assistant.node_id",
+                format!(
+                    "{id:?} is not a node id: Home Assistant accepts only letters, digits, '_' and '-' (leave it out to derive one from mqtt.dongle_prefix)"
+                ),
+            );
+        }
+        out.node_id = id;
+    }
+    if let Some(url) = c.opt_string(&ha, "home_assistant.configuration_url") {
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"));
+        if rest.is_none_or(|r| r.is_empty() || r.chars().any(char::is_whitespace)) {
+            c.error(
+                "home_assistant.configuration_url",
+                format!(
+                    "{url:?} is not a link Home Assistant can open: expected http://HOST:PORT/ or https://..."
+                ),
+            );
+        }
+        out.configuration_url = Some(url);
+    }
+    out
 }
 
 fn system_zone_name() -> String {
@@ -869,6 +986,42 @@ apns:
     }
 
     #[test]
+    fn home_assistant_is_off_by_default_with_a_node_id_derived_from_the_dongle() {
+        let l = parse(OLD, &no_env()).unwrap();
+        let ha = &l.config.home_assistant;
+        assert!(!ha.enabled);
+        assert_eq!(ha.discovery_prefix, "homeassistant");
+        assert_eq!(ha.node_id, "solar_dongle-40_4C_CA_AB_CD_EF");
+        assert_eq!(ha.configuration_url, None);
+    }
+
+    #[test]
+    fn the_derived_node_id_keeps_only_what_home_assistant_accepts() {
+        assert_eq!(
+            default_node_id("dongle-40:4C:CA:AB:CD:EF"),
+            "solar_dongle-40_4C_CA_AB_CD_EF"
+        );
+        assert_eq!(default_node_id("my dongle.1"), "solar_my_dongle_1");
+        assert_eq!(default_node_id("Zähler"), "solar_Z_hler");
+    }
+
+    #[test]
+    fn the_home_assistant_section_is_read_with_every_key() {
+        let text = "mqtt: {host: h, dongle_prefix: d}\nhome_assistant: {enabled: yes, discovery_prefix: ha/disc, node_id: my-node_1, configuration_url: 'http://pi.local:8088/'}";
+        let l = parse(text, &no_env()).unwrap();
+        assert_eq!(
+            l.config.home_assistant,
+            HomeAssistantConfig {
+                enabled: true,
+                discovery_prefix: "ha/disc".into(),
+                node_id: "my-node_1".into(),
+                configuration_url: Some("http://pi.local:8088/".into()),
+            }
+        );
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+    }
+
+    #[test]
     fn http_limits_out_of_range_are_refused_with_the_range() {
         let text = "mqtt: {host: h, dongle_prefix: d}\nserver: {header_timeout_seconds: 30, idle_timeout_seconds: 0, max_connections: 0.5}";
         let p = parse(text, &no_env()).unwrap_err();
@@ -891,6 +1044,38 @@ apns:
         .unwrap_err();
         assert_eq!(p[0].path, "server.max_connections");
         assert!(p[0].message.contains("expected a number"), "{}", p[0]);
+    }
+
+    #[test]
+    fn bad_home_assistant_values_are_reported_with_their_key_paths() {
+        let text = "mqtt: {host: h, dongle_prefix: d}\nhome_assistant: {enabled: maybe, discovery_prefix: 'home/#', node_id: 'solar:1', configuration_url: 'pi.local:8088', colour: blue}";
+        let problems = parse(text, &no_env()).unwrap_err();
+        let paths: Vec<_> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "home_assistant.enabled",
+                "home_assistant.discovery_prefix",
+                "home_assistant.node_id",
+                "home_assistant.configuration_url"
+            ]
+        );
+        assert!(
+            problems[2].message.contains("letters, digits"),
+            "{}",
+            problems[2]
+        );
+        let warned = parse(
+            "mqtt: {host: h, dongle_prefix: d}\nhome_assistant: {colour: blue}",
+            &no_env(),
+        )
+        .unwrap();
+        assert_eq!(warned.warnings[0].path, "home_assistant.colour");
+        let not_a_map = parse(
+            "mqtt: {host: h, dongle_prefix: d}\nhome_assistant: on",
+            &no_env(),
+        );
+        assert_eq!(not_a_map.unwrap_err()[0].path, "home_assistant");
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //! * [`dongle`]: the MQTT wire format ([`dongle::codec`], pure) and the client task that
 //!   subscribes, reconnects and makes verified writes ([`dongle::client`]).
 //! * [`http`]: the REST API, its wire shapes and the dashboard.
+//! * [`ha`]: Home Assistant MQTT discovery: the scheduler as a device with sensors and
+//!   controls, on the dongle's broker connection ([`ha::discovery`] builds the payloads).
 //! * [`store`]: the state file, the charge history and the old backend's schedule import.
 //! * [`sim`]: the simulated dongle and inverter and the embedded broker (demo and tests).
 //! * [`config`], [`clock`], [`logging`], [`metrics`], [`systemd`]: configuration, the
@@ -24,6 +26,7 @@ pub mod config;
 pub mod domain;
 pub mod dongle;
 pub mod engine;
+pub mod ha;
 pub mod http;
 pub mod logging;
 pub mod metrics;

@@ -203,6 +203,15 @@ pub fn check_config(path: &Path) -> ExitCode {
                 c.timezone_name,
                 c.charging.safety_cutoff.as_secs_f64() / 3600.0
             );
+            let ha = &c.home_assistant;
+            if ha.enabled {
+                println!(
+                    "integrations: home assistant (discovery prefix {}, node {})",
+                    ha.discovery_prefix, ha.node_id
+                );
+            } else {
+                println!("integrations: none");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

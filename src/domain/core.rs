@@ -102,6 +102,8 @@ pub struct SessionView {
     pub phase: Phase,
     pub charging: bool,
     pub start_soc: Option<Soc>,
+    /// Energy into the battery so far (Wh), when the dongle reports charge power.
+    pub energy_wh: Option<f64>,
 }
 
 /// Everything the API shows, current after every input.
@@ -1120,6 +1122,7 @@ impl EngineCore {
             phase: s.phase,
             charging: s.is_charging(),
             start_soc: s.start_soc,
+            energy_wh: s.energy_wh,
         });
     }
 }

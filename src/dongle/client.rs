@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -157,14 +157,24 @@ impl DongleHandle {
     }
 }
 
-/// Starts the client's tasks. They run until `shutdown` is cancelled.
+/// Starts the client's tasks. They run until `shutdown` is cancelled. `extra` adds an
+/// integration's traffic to the same broker connection; the returned client publishes it.
 pub fn spawn(
     settings: DongleSettings,
     clock: Clock,
     events: mpsc::Sender<DongleEvent>,
     shutdown: CancellationToken,
-) -> (DongleHandle, Vec<tokio::task::JoinHandle<()>>) {
+    extra: Option<ExtraMqtt>,
+) -> (DongleHandle, AsyncClient, Vec<tokio::task::JoinHandle<()>>) {
     let mut opts = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
+    if let Some(will) = extra.as_ref().and_then(|x| x.last_will.clone()) {
+        opts.set_last_will(LastWill::new(
+            will.topic,
+            will.payload,
+            QoS::AtLeastOnce,
+            will.retain,
+        ));
+    }
     opts.set_keep_alive(settings.keep_alive);
     // Payloads above the codec's limit are dropped by the codec; a larger packet limit keeps
     // one oversized message from tearing the connection down.
@@ -197,7 +207,9 @@ pub fn spawn(
         inbound_tx,
         connected_tx,
         shutdown.clone(),
+        extra,
     ));
+    let extra_client = client.clone();
     let writer = Writer {
         settings,
         clock,
@@ -214,6 +226,7 @@ pub fn spawn(
             cmds: cmd_tx,
             connected: connected_rx,
         },
+        extra_client,
         vec![conn, writer],
     )
 }
@@ -231,6 +244,7 @@ async fn connection_task(
     inbound: mpsc::Sender<Inbound>,
     connected: watch::Sender<bool>,
     shutdown: CancellationToken,
+    extra: Option<ExtraMqtt>,
 ) {
     let prefix = settings.prefix.clone();
     let filter = format!("{prefix}/#");
@@ -265,6 +279,9 @@ async fn connection_task(
                     false,
                     b"{}".to_vec(),
                 );
+                if let Some(x) = &extra {
+                    x.on_conn_ack(&client);
+                }
                 info!(host = %settings.host, port = settings.port, "connected to the MQTT broker; listening to {filter}");
                 connected.send_replace(true);
                 let _ = events.send(DongleEvent::Connected(true)).await;
@@ -277,6 +294,9 @@ async fn connection_task(
                     .strip_prefix(&prefix)
                     .and_then(|s| s.strip_prefix('/'))
                 else {
+                    if let Some(x) = &extra {
+                        x.forward(&p);
+                    }
                     continue;
                 };
                 match codec::decode(&prefix, topic, &p.payload) {
@@ -334,6 +354,73 @@ async fn connection_task(
     let _ = client.try_disconnect();
     connected.send_replace(false);
 }
+
+// ---- Extra traffic on the dongle's connection, for integrations (Home Assistant) ----------
+//
+// Integrations that live on the same broker share this one connection rather than opening
+// their own: one client id, one set of credentials, one reconnect loop. They bring topic
+// filters (subscribed on every ConnAck, like the dongle's), a last will, messages to publish
+// after every ConnAck, and a channel for what arrives on their filters. Their own publishes
+// go through the `AsyncClient` that `spawn` returns, from their own task.
+
+/// A message to publish on a topic that is not the dongle's (QoS 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtraPublish {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub retain: bool,
+}
+
+/// A message that arrived on one of [`ExtraMqtt::filters`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtraMessage {
+    pub topic: String,
+    pub payload: bytes::Bytes,
+    pub retained: bool,
+}
+
+/// What an integration adds to the broker connection.
+#[derive(Debug, Clone)]
+pub struct ExtraMqtt {
+    /// Subscribed (QoS 1) after every ConnAck.
+    pub filters: Vec<String>,
+    /// Set on the connection: the broker publishes it when the connection drops without a
+    /// goodbye (a crash, a power cut, a network failure).
+    pub last_will: Option<ExtraPublish>,
+    /// Published after every ConnAck, after the subscriptions (e.g. "online").
+    pub on_connect: Vec<ExtraPublish>,
+    /// Where messages on `filters` go. Dropped when the receiver lags: the connection task
+    /// never waits for an integration.
+    pub messages: mpsc::Sender<ExtraMessage>,
+}
+
+impl ExtraMqtt {
+    /// Queues the subscriptions and the connect messages. Never waits (this runs in the task
+    /// that polls the event loop).
+    fn on_conn_ack(&self, client: &AsyncClient) {
+        for f in &self.filters {
+            if let Err(e) = client.try_subscribe(f, QoS::AtLeastOnce) {
+                warn!(error = %e, "could not subscribe to {f}");
+            }
+        }
+        for m in &self.on_connect {
+            let _ = client.try_publish(&m.topic, QoS::AtLeastOnce, m.retain, m.payload.clone());
+        }
+    }
+
+    /// Hands a message on one of the filters to the integration.
+    fn forward(&self, p: &rumqttc::Publish) {
+        if self.filters.iter().any(|f| rumqttc::matches(&p.topic, f)) {
+            let _ = self.messages.try_send(ExtraMessage {
+                topic: p.topic.clone(),
+                payload: p.payload.clone(),
+                retained: p.retain,
+            });
+        }
+    }
+}
+
+// ---- end of the extra traffic ----------------------------------------------------------------
 
 fn wanted_by_writer(m: &Message) -> bool {
     matches!(

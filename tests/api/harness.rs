@@ -44,6 +44,8 @@ pub struct Setup {
     pub mqtt: String,
     /// Which MQTT broker the service and the dongle meet on.
     pub broker: BrokerKind,
+    /// YAML of a `home_assistant:` section's keys (e.g. `enabled: true`); none when empty.
+    pub home_assistant: String,
 }
 
 /// The MQTT broker a world runs against.
@@ -71,6 +73,7 @@ impl Default for Setup {
             server: String::new(),
             mqtt: String::new(),
             broker: BrokerKind::Embedded,
+            home_assistant: String::new(),
         }
     }
 }
@@ -147,7 +150,7 @@ impl World {
         };
         let sim = dongle::spawn("127.0.0.1", broker.port, sim_cfg, clock.clock());
         let id = CLIENT_IDS.fetch_add(1, Ordering::Relaxed);
-        let yaml = format!(
+        let mut yaml = format!(
             "mqtt: {{host: 127.0.0.1, port: {port}, dongle_prefix: \"{PREFIX}\", client_id: test-{id}{mqtt}}}\n\
              server: {{host: 127.0.0.1, port: 0{server}}}\n\
              charging: {{min_write_interval_ms: 0{charging}}}\n\
@@ -157,6 +160,9 @@ impl World {
             charging = prefixed(&setup.charging),
             mqtt = prefixed(&setup.mqtt),
         );
+        if !setup.home_assistant.is_empty() {
+            yaml.push_str(&format!("home_assistant: {{{}}}\n", setup.home_assistant));
+        }
         let config = config::parse(&yaml, &EnvOverrides::default())
             .unwrap_or_else(|p| panic!("test config: {p:?}"))
             .config;

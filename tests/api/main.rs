@@ -9,6 +9,7 @@ mod demo;
 mod docs;
 mod edge;
 mod guards;
+mod home_assistant;
 mod process;
 mod resilience;
 mod sessions;
