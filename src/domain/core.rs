@@ -771,7 +771,7 @@ impl EngineCore {
                 firmware_code,
             } => {
                 if let Some(code) = firmware_code {
-                    self.status.firmware_code = Some(code);
+                    self.note_firmware(code);
                 }
                 if let Some(s) = &mut self.session {
                     s.on_dongle_message(now);
@@ -784,18 +784,22 @@ impl EngineCore {
                     }
                 }
             }
-            DongleInput::FirmwareCode(code) => {
-                if self.status.firmware_code.as_deref() != Some(code.as_str()) {
-                    info!(%code, "inverter firmware code");
-                }
-                self.status.firmware_code = Some(code);
-            }
+            DongleInput::FirmwareCode(code) => self.note_firmware(code),
             DongleInput::Other => {
                 if let Some(s) = &mut self.session {
                     s.on_dongle_message(now);
                 }
             }
         }
+    }
+
+    /// The inverter's firmware code, from its own answer or from hold data, whichever comes
+    /// first: logged once each time it changes.
+    fn note_firmware(&mut self, code: String) {
+        if self.status.firmware_code.as_deref() != Some(code.as_str()) {
+            info!(%code, "inverter firmware code");
+        }
+        self.status.firmware_code = Some(code);
     }
 
     /// Notes that the dongle was heard. One heard again after a silence of half the stale
