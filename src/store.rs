@@ -319,6 +319,7 @@ mod tests {
             version: FORMAT_VERSION,
             schedule: Some(schedule()),
             session: None,
+            ac_maybe_left_on: false,
         };
         store.save(&state).unwrap();
         let loaded = store.load(now(), &tz());

@@ -290,13 +290,17 @@ pub struct EngineCore {
     last_heard: Option<Duration>,
     last_refresh: Option<Duration>,
     held_soc: Throttle,
+    /// See [`State::ac_maybe_left_on`].
+    ac_maybe_left_on: bool,
 }
 
 impl EngineCore {
     /// The core over the stored state; nothing happens until [`Input::Boot`].
     pub fn new(cfg: CoreConfig, state: State, started_at: Timestamp) -> EngineCore {
         let soc_filter = SocFilter::new(cfg.soc_rule);
+        let ac_maybe_left_on = state.ac_maybe_left_on;
         EngineCore {
+            ac_maybe_left_on,
             cfg,
             schedule: state.schedule,
             session: state.session,
@@ -384,7 +388,11 @@ impl EngineCore {
             |t: Timestamp| Duration::try_from(t.duration_since(now.wall)).unwrap_or(Duration::ZERO);
         if let Some(Due::Wait(t)) = self.schedule.as_ref().map(|s| s.due(now.wall)) {
             d = d.min(until(t));
-            if self.prefetch_for != Some(t) {
+            // The read ahead is due a minute before, but only happens with no charge running
+            // (and no read in flight): otherwise its instant, once past, would wake the
+            // engine without pause.
+            let can_prefetch = self.session.is_none() && !self.snapshot_in_flight;
+            if can_prefetch && self.prefetch_for != Some(t) {
                 d = d.min(until(t).saturating_sub(PREFETCH_AHEAD));
             }
         }
@@ -570,7 +578,14 @@ impl EngineCore {
         }
         let soc = self.status.soc;
         info!(?origin, %target, soc = ?soc.map(Soc::get), cutoff_h = self.cfg.params.cutoff.as_secs_f64() / 3600.0, "starting a charge");
-        self.session = Some(Session::new(origin, target, now, &self.cfg.params, soc));
+        let mut session = Session::new(origin, target, now, &self.cfg.params, soc);
+        if self.ac_maybe_left_on {
+            // What it finds on may be an earlier charge's leftover: it ends with AC off.
+            let mut owner = Settings::new();
+            owner.insert(AC_CHARGE.to_string(), SettingValue::Int(0));
+            session.inherit(owner);
+        }
+        self.session = Some(session);
         // Saved before anything is written to the inverter.
         self.persist(fx);
         self.snapshot_wanted = true;
@@ -712,6 +727,12 @@ impl EngineCore {
             );
         }
         fx.push(Effect::History(record));
+        self.ac_maybe_left_on = s.may_have_left_ac_on();
+        if self.ac_maybe_left_on {
+            warn!(
+                "AC charging may still be on: switching it off was never confirmed. The inverter's own SOC limit and window are back as the owner had them; the next charge switches AC charging off at its end"
+            );
+        }
         self.status.last_stop = Some((reason, now.wall, detail));
         self.session = None;
         self.drop_spent_schedule();
@@ -943,6 +964,7 @@ impl EngineCore {
             version: FORMAT_VERSION,
             schedule: Some(schedule.clone()),
             session: session.clone(),
+            ac_maybe_left_on: self.ac_maybe_left_on,
         };
         fx.push(Effect::Save {
             state: Box::new(state),
@@ -1090,6 +1112,7 @@ impl EngineCore {
             version: FORMAT_VERSION,
             schedule: self.schedule.clone(),
             session: self.session.clone(),
+            ac_maybe_left_on: self.ac_maybe_left_on,
         }
     }
 
@@ -1156,6 +1179,7 @@ fn stop_outcome(
 fn same_durable_state(a: &State, b: &State) -> bool {
     let key = |s: &State| {
         (
+            s.ac_maybe_left_on,
             s.schedule.clone(),
             s.session.as_ref().map(|x| {
                 (
@@ -1170,6 +1194,7 @@ fn same_durable_state(a: &State, b: &State) -> bool {
                     x.stop_reason,
                     x.extra_writes.clone(),
                     x.inherited.clone(),
+                    x.stop_unconfirmed,
                 )
             }),
         )

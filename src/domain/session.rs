@@ -274,6 +274,10 @@ pub struct Session {
     /// still putting them back: the stop restores these instead of what this session found.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub inherited: BTreeMap<String, SettingValue>,
+    /// `ACCharge = 0` went out with no answer and no read-back (see
+    /// [`Session::may_have_left_ac_on`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stop_unconfirmed: bool,
 
     #[serde(skip)]
     rt: Runtime,
@@ -335,6 +339,7 @@ impl Session {
             energy_wh: None,
             in_flight: None,
             inherited: BTreeMap::new(),
+            stop_unconfirmed: false,
             rt: Runtime {
                 params: params.clone(),
                 started: Some(now.mono),
@@ -421,7 +426,17 @@ impl Session {
                 self.touched.push(setting.clone());
             }
         }
-        self.inherited = pending;
+        self.inherited.extend(pending);
+    }
+
+    /// AC charging may still be on because of this session: its `ACCharge = 0` went out but
+    /// was never confirmed, and the inverter did not have AC charging on before.
+    pub fn may_have_left_ac_on(&self) -> bool {
+        self.stop_unconfirmed
+            && self
+                .restore_values()
+                .and_then(|r| r.get(AC_CHARGE).copied())
+                != Some(SettingValue::Int(1))
     }
 
     /// What the stop writes back: the snapshot, with values inherited from an earlier charge
@@ -602,6 +617,7 @@ impl Session {
             WriteResult::Unknown(why) if is_stop => {
                 // Sent; the inverter's own SOC limit and window end remain as a second stop.
                 self.charging = false;
+                self.stop_unconfirmed = true;
                 self.detail = Some(format!("the stop write's outcome is unknown: {why}"));
                 self.advance_stop();
             }
@@ -935,6 +951,9 @@ impl Session {
             self.touched.push(w.setting);
         }
         self.stop_plan = stop_plan(&self.touched, self.restore_values().as_ref(), self.charging);
+        if self.rt.params.sabotage == Sabotage::SkipRestore {
+            self.stop_plan.retain(|w| w.setting == AC_CHARGE);
+        }
         self.stop_done = 0;
         self.rt.attempts = 0;
         self.rt.retry_at = None;

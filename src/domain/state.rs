@@ -15,6 +15,10 @@ pub struct State {
     pub version: u32,
     pub schedule: Option<Schedule>,
     pub session: Option<Session>,
+    /// An earlier charge may have left AC charging on (its stop was never confirmed) though
+    /// the owner had it off: the next charge puts it back off at its end.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ac_maybe_left_on: bool,
 }
 
 /// One finished charge, as kept in the history.

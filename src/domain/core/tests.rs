@@ -279,6 +279,7 @@ fn a_restart_resumes_a_charge_without_writing_again_and_stops_at_the_target() {
         version: FORMAT_VERSION,
         schedule: rig.core.schedule().cloned(),
         session: rig.core.session().cloned(),
+        ac_maybe_left_on: false,
     };
 
     let mut after = Rig::new(state);
@@ -391,4 +392,20 @@ fn next_wake_is_the_earliest_of_the_start_and_the_check_interval() {
     assert_eq!(rig.core.next_wake(rig.now), Duration::from_secs(10));
     rig.advance(10 * SEC);
     assert!(rig.core.session().is_some(), "fired at 01:01");
+}
+
+#[test]
+fn a_charge_running_into_the_minute_before_a_scheduled_start_does_not_wake_the_engine_without_pause()
+ {
+    let mut rig = Rig::with_soc(40);
+    rig.command(Command::ChargeNow(target(80)));
+    rig.answer_snapshot();
+    rig.confirm_writes();
+    rig.schedule(ScheduleInput {
+        mode: Mode::Recurring,
+        ..once_at("01:02", 90)
+    });
+    rig.advance(90 * SEC);
+    // 01:01:30, the charge running: no read ahead, and no deadline in the past.
+    assert!(rig.core.next_wake(rig.now) >= Duration::from_secs(1));
 }
