@@ -3,18 +3,20 @@
 //!
 //! # Layout
 //!
-//! * [`domain`]: the pure core. Schedules ([`domain::schedule`]), the charge-session state
-//!   machine ([`domain::session`]) and value types ([`domain::units`]). No IO, no clock reads:
-//!   every decision takes the time as an argument.
-//! * [`engine`]: the single owner of the schedule, the session and the latest telemetry; turns
-//!   the core's decisions into dongle writes and saved state.
+//! * [`domain`]: the pure core. The engine's decisions ([`domain::core`]: one input and the
+//!   time in, effects out), schedules ([`domain::schedule`]), the charge-session state machine
+//!   ([`domain::session`]), SOC plausibility and value types. No IO, no clock reads: every
+//!   decision takes the time as an argument.
+//! * [`engine`]: the one task that drives the core: it turns API commands and dongle messages
+//!   into the core's inputs and carries out its effects (writes, reads, saves, answers).
 //! * [`dongle`]: the MQTT wire format ([`dongle::codec`], pure) and the client task that
 //!   subscribes, reconnects and makes verified writes ([`dongle::client`]).
 //! * [`http`]: the REST API, its wire shapes and the dashboard.
 //! * [`ha`]: Home Assistant MQTT discovery: the scheduler as a device with sensors and
 //!   controls, on the dongle's broker connection ([`ha::discovery`] builds the payloads).
 //! * [`store`]: the state file, the charge history and the old backend's schedule import.
-//! * [`sim`]: the simulated dongle and inverter and the embedded broker (demo and tests).
+//! * [`sim`]: the simulated dongle and inverter, the embedded broker (demo and tests), and the
+//!   night simulator that drives the core through faults, restarts and clock jumps.
 //! * [`config`], [`clock`], [`logging`], [`metrics`], [`systemd`]: configuration, the
 //!   injectable clock, log setup, Prometheus metrics and service-manager integration.
 //! * [`app`] wires the parts together; [`run`] implements each command of [`cli`].

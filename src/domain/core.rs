@@ -125,6 +125,23 @@ pub struct Status {
 }
 
 impl Status {
+    /// Nothing known yet: the service started at `started_at`.
+    pub fn new(started_at: Timestamp) -> Status {
+        Status {
+            started_at,
+            mqtt_connected: false,
+            soc: None,
+            battery_power: None,
+            last_telemetry: None,
+            last_message: None,
+            dongle_online: None,
+            firmware_code: None,
+            schedule: None,
+            session: None,
+            last_stop: None,
+        }
+    }
+
     pub fn is_charging(&self) -> bool {
         self.session.as_ref().is_some_and(|s| s.charging)
     }
@@ -304,19 +321,7 @@ impl EngineCore {
             cfg,
             schedule: state.schedule,
             session: state.session,
-            status: Status {
-                started_at,
-                mqtt_connected: false,
-                soc: None,
-                battery_power: None,
-                last_telemetry: None,
-                last_message: None,
-                dongle_online: None,
-                firmware_code: None,
-                schedule: None,
-                session: None,
-                last_stop: None,
-            },
+            status: Status::new(started_at),
             write_in_flight: false,
             snapshot_in_flight: false,
             snapshot_wanted: false,

@@ -29,17 +29,8 @@ fn device() -> DeviceInfo {
 
 fn idle(now: Timestamp) -> Status {
     Status {
-        started_at: now,
         mqtt_connected: true,
-        soc: None,
-        battery_power: None,
-        last_telemetry: None,
-        last_message: None,
-        dongle_online: None,
-        firmware_code: None,
-        schedule: None,
-        session: None,
-        last_stop: None,
+        ..Status::new(now)
     }
 }
 

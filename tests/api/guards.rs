@@ -13,7 +13,8 @@ use solar_charging_backend::sim::dongle::{Fault, Firmware, HoldValue};
 use crate::harness::{GUARD, World, ac_on};
 use crate::sessions::{
     Knobs, Peer, answer, assert_left_as_found, charge_now, history, minutes, phase, post_later,
-    run_to_the_end, the_one_session_ended_for, world, written,
+    run_to_the_end, spaced_writes_and_a_once_charge_at_0130, the_one_session_ended_for, world,
+    written,
 };
 
 const SEC: Duration = Duration::from_secs(1);
@@ -66,18 +67,7 @@ async fn drive_until_writes(w: &World, n: usize) {
 /// has received `n` writes (the next one in flight) and started again: it must end exactly as
 /// an uninterrupted charge does.
 async fn restart_after_writes(n: usize) {
-    let (mut w, before) = world(Knobs {
-        charging: "min_write_interval_ms: 1000",
-        ..Knobs::default()
-    })
-    .await;
-    let (code, _) = w
-        .post(
-            "/api/charge/schedule",
-            json!({"target_soc": 55, "start_time": "01:30", "mode": "once"}),
-        )
-        .await;
-    assert_eq!(code, 200);
+    let (mut w, before) = spaced_writes_and_a_once_charge_at_0130(55).await;
     w.tick(29 * MIN).await;
     w.tick(MIN).await;
     drive_until_writes(&w, n).await;
@@ -263,18 +253,7 @@ async fn hold_banks_that_echo_the_sessions_own_writes_never_end_it() {
 
 #[tokio::test]
 async fn the_target_and_a_once_schedule_are_gone_as_soon_as_ac_charge_is_off() {
-    let (w, _) = world(Knobs {
-        charging: "min_write_interval_ms: 1000",
-        ..Knobs::default()
-    })
-    .await;
-    let (code, _) = w
-        .post(
-            "/api/charge/schedule",
-            json!({"target_soc": 53, "start_time": "01:30", "mode": "once"}),
-        )
-        .await;
-    assert_eq!(code, 200);
+    let (w, _) = spaced_writes_and_a_once_charge_at_0130(53).await;
     w.tick(29 * MIN).await;
     w.tick(MIN).await;
     drive_until_writes(&w, 6).await;

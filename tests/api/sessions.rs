@@ -438,21 +438,30 @@ async fn a_charge_goes_on_across_a_graceful_restart_without_starting_again() {
     the_one_session_ended_for(&w, "target_reached").await;
 }
 
-/// Schedules a charge at 01:30 with writes a second apart, lets the first two through, then
-/// kills the service while the third (the window start) is unanswered by a silent dongle.
-async fn killed_while_starting() -> (World, BTreeMap<String, HoldValue>) {
-    let (mut w, before) = world(Knobs {
+/// A world whose writes go out a second apart (each waits for the test to move the clock),
+/// with a once charge to `target` scheduled at 01:30, half an hour ahead.
+pub(crate) async fn spaced_writes_and_a_once_charge_at_0130(
+    target: u8,
+) -> (World, BTreeMap<String, HoldValue>) {
+    let (w, before) = world(Knobs {
         charging: "min_write_interval_ms: 1000",
         ..Knobs::default()
     })
     .await;
-    let (code, _) = w
+    let (code, body) = w
         .post(
             "/api/charge/schedule",
-            json!({"target_soc": 55, "start_time": "01:30", "mode": "once"}),
+            json!({"target_soc": target, "start_time": "01:30", "mode": "once"}),
         )
         .await;
-    assert_eq!(code, 200);
+    assert_eq!(code, 200, "{body}");
+    (w, before)
+}
+
+/// Schedules a charge at 01:30 with writes a second apart, lets the first two through, then
+/// kills the service while the third (the window start) is unanswered by a silent dongle.
+async fn killed_while_starting() -> (World, BTreeMap<String, HoldValue>) {
+    let (mut w, before) = spaced_writes_and_a_once_charge_at_0130(55).await;
     w.tick(30 * MIN).await;
     w.wait_sim(|s| s.writes.len() == 1).await;
     w.clock.advance(SEC);
