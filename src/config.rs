@@ -13,7 +13,7 @@ use jiff::tz::TimeZone;
 use serde_json::{Map, Value};
 
 use crate::domain::soc_filter::SocRule;
-use crate::dongle::codec::TimeFormat;
+use crate::domain::units::TimeFormat;
 
 /// A string that must never reach a log line or `Debug` output (passwords, API keys).
 #[derive(Clone, PartialEq, Eq)]

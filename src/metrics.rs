@@ -7,7 +7,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::engine::Status;
+use crate::domain::core::Status;
 
 /// Seconds; dongle writes take from milliseconds to the 15 s timeout and beyond.
 const WRITE_BUCKETS: &[f64] = &[

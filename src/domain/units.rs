@@ -222,6 +222,17 @@ impl<'de> serde::Deserialize<'de> for Days {
     }
 }
 
+/// How times are written in `update`: the vendor's `HH:MM:SS`, or the `HH:MM` an older
+/// backend sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+pub enum TimeFormat {
+    #[default]
+    #[serde(rename = "HH:MM:SS")]
+    HhMmSs,
+    #[serde(rename = "HH:MM")]
+    HhMm,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

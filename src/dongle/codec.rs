@@ -510,16 +510,7 @@ pub fn setting_value(raw: &RawValue, like: SettingValue) -> Option<SettingValue>
     }
 }
 
-/// How times are written in `update`: the vendor's `HH:MM:SS`, or the `HH:MM` an older
-/// backend sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
-pub enum TimeFormat {
-    #[default]
-    #[serde(rename = "HH:MM:SS")]
-    HhMmSs,
-    #[serde(rename = "HH:MM")]
-    HhMm,
-}
+pub use crate::domain::units::TimeFormat;
 
 /// {"setting": "...", "value": 90 | "02:30:00", "from": "solar-backend"}
 pub fn encode_update(setting: &str, value: SettingValue, time_format: TimeFormat) -> Vec<u8> {
