@@ -1,0 +1,265 @@
+//! Tests of `src/config.rs`.
+
+use super::*;
+
+const OLD: &str = r#"
+mqtt:
+  host: "192.168.1.100"
+  port: 1883
+  username: "solar"
+  password: "pw-secret"
+  dongle_prefix: "dongle-40:4C:CA:AB:CD:EF"
+server:
+  host: "0.0.0.0"
+  port: 8088
+charging:
+  safety_cutoff_hours: 8
+  soc_check_interval: 30
+  retry_on_failure: true
+  max_retries: 3
+logging:
+  level: "INFO"
+apns:
+  enabled: false
+  key_path: "/keys/AuthKey.p8"
+  key_id: "ABC"
+  team_id: "TEAM"
+  bundle_id: "com.example.solar"
+  use_sandbox: false
+"#;
+
+fn no_env() -> EnvOverrides {
+    EnvOverrides::default()
+}
+
+#[test]
+fn the_old_backends_file_loads_unchanged_with_apns_only_warned() {
+    let l = parse(OLD, &no_env()).unwrap();
+    let c = &l.config;
+    assert_eq!(c.mqtt.host, "192.168.1.100");
+    assert_eq!(c.mqtt.dongle_prefix, "dongle-40:4C:CA:AB:CD:EF");
+    assert_eq!(c.mqtt.password.as_ref().unwrap().expose(), "pw-secret");
+    assert_eq!(c.server.port, 8088);
+    assert_eq!(c.charging.safety_cutoff, Duration::from_secs(8 * 3600));
+    assert_eq!(c.charging.max_retries, 3);
+    assert_eq!(c.logging.level, "info");
+    assert_eq!(l.warnings.len(), 1);
+    assert_eq!(l.warnings[0].path, "apns");
+}
+
+#[test]
+fn only_host_and_prefix_are_required_and_defaults_fill_the_rest() {
+    let l = parse("mqtt: {host: broker, dongle_prefix: dongle-1}", &no_env()).unwrap();
+    assert_eq!(l.config.mqtt.port, 1883);
+    assert_eq!(l.config.server.port, 8088);
+    assert_eq!(l.config.server.host, "0.0.0.0");
+    assert_eq!(l.config.charging, ChargingConfig::default());
+    assert!(l.warnings.is_empty());
+}
+
+#[test]
+fn every_problem_is_reported_with_its_key_path() {
+    let text = "mqtt: {port: seventy}\nserver: {port: 70000}\ncharging: {safety_cutoff_hours: 0, retry_on_failure: maybe}\nlogging: {level: LOUD}\ntimezone: Mars/Olympus\n";
+    let problems = parse(text, &no_env()).unwrap_err();
+    let paths: Vec<_> = problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "mqtt.host",
+            "mqtt.port",
+            "mqtt.dongle_prefix",
+            "server.port",
+            "charging.safety_cutoff_hours",
+            "charging.retry_on_failure",
+            "logging.level",
+            "timezone"
+        ]
+    );
+    assert!(
+        problems[1].message.contains("expected a number"),
+        "{}",
+        problems[1]
+    );
+}
+
+#[test]
+fn environment_overrides_the_file_for_port_host_and_key() {
+    let env = EnvOverrides {
+        server_port: Some("9000".into()),
+        server_host: Some("127.0.0.1".into()),
+        api_key: Some("k".into()),
+    };
+    let l = parse(OLD, &env).unwrap();
+    assert_eq!(l.config.server.port, 9000);
+    assert_eq!(l.config.server.host, "127.0.0.1");
+    assert_eq!(l.config.server.api_key.unwrap().expose(), "k");
+    let bad = EnvOverrides {
+        server_port: Some("eighty".into()),
+        ..Default::default()
+    };
+    assert_eq!(parse(OLD, &bad).unwrap_err()[0].path, "SERVER_PORT");
+}
+
+#[test]
+fn fractional_cutoff_timezone_and_unknown_keys() {
+    let text = "mqtt: {host: h, dongle_prefix: d, colour: blue}\ncharging: {safety_cutoff_hours: 1.5}\ntimezone: Europe/London\n";
+    let l = parse(text, &no_env()).unwrap();
+    assert_eq!(l.config.charging.safety_cutoff, Duration::from_secs(5400));
+    assert_eq!(l.config.timezone_name, "Europe/London");
+    assert_eq!(l.warnings[0].path, "mqtt.colour");
+}
+
+#[test]
+fn an_empty_api_key_is_refused() {
+    let p = parse(
+        "mqtt: {host: h, dongle_prefix: d}\nserver: {api_key: ''}",
+        &no_env(),
+    )
+    .unwrap_err();
+    assert_eq!(p[0].path, "server.api_key");
+}
+
+#[test]
+fn secrets_never_show_in_debug_output() {
+    let text =
+        "mqtt: {host: h, dongle_prefix: d, password: hunter2}\nserver: {api_key: topsecretkey}";
+    let l = parse(text, &no_env()).unwrap();
+    let dbg = format!("{:?}", l.config);
+    assert!(
+        !dbg.contains("hunter2") && !dbg.contains("topsecretkey"),
+        "{dbg}"
+    );
+}
+
+#[test]
+fn an_empty_file_reports_the_two_required_keys() {
+    let p = parse("", &no_env()).unwrap_err();
+    assert_eq!(p.len(), 2);
+    assert!(p.iter().all(|p| p.message.contains("required")));
+}
+
+#[test]
+fn yaml_syntax_errors_say_where() {
+    let p = parse("mqtt: [1,\n", &no_env()).unwrap_err();
+    assert!(p[0].message.contains("line 1"), "{}", p[0]);
+}
+
+#[test]
+fn the_http_limits_have_defaults_for_a_home_box() {
+    let l = parse("mqtt: {host: h, dongle_prefix: d}", &no_env()).unwrap();
+    let s = &l.config.server;
+    assert_eq!(s.header_timeout, Duration::from_secs(10));
+    assert_eq!(s.idle_timeout, Duration::from_secs(30));
+    assert_eq!(s.max_connections, 128);
+}
+
+#[test]
+fn the_http_limits_can_be_set() {
+    let text = "mqtt: {host: h, dongle_prefix: d}\nserver: {header_timeout_seconds: 5, idle_timeout_seconds: 120, max_connections: 16}";
+    let l = parse(text, &no_env()).unwrap();
+    let s = &l.config.server;
+    assert_eq!(s.header_timeout, Duration::from_secs(5));
+    assert_eq!(s.idle_timeout, Duration::from_secs(120));
+    assert_eq!(s.max_connections, 16);
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+}
+
+#[test]
+fn home_assistant_is_off_by_default_with_a_node_id_derived_from_the_dongle() {
+    let l = parse(OLD, &no_env()).unwrap();
+    let ha = &l.config.home_assistant;
+    assert!(!ha.enabled);
+    assert_eq!(ha.discovery_prefix, "homeassistant");
+    assert_eq!(ha.node_id, "solar_dongle-40_4C_CA_AB_CD_EF");
+    assert_eq!(ha.configuration_url, None);
+}
+
+#[test]
+fn the_derived_node_id_keeps_only_what_home_assistant_accepts() {
+    assert_eq!(
+        default_node_id("dongle-40:4C:CA:AB:CD:EF"),
+        "solar_dongle-40_4C_CA_AB_CD_EF"
+    );
+    assert_eq!(default_node_id("my dongle.1"), "solar_my_dongle_1");
+    assert_eq!(default_node_id("Zähler"), "solar_Z_hler");
+}
+
+#[test]
+fn the_home_assistant_section_is_read_with_every_key() {
+    let text = "mqtt: {host: h, dongle_prefix: d}\nhome_assistant: {enabled: yes, discovery_prefix: ha/disc, node_id: my-node_1, configuration_url: 'http://pi.local:8088/'}";
+    let l = parse(text, &no_env()).unwrap();
+    assert_eq!(
+        l.config.home_assistant,
+        HomeAssistantConfig {
+            enabled: true,
+            discovery_prefix: "ha/disc".into(),
+            node_id: "my-node_1".into(),
+            configuration_url: Some("http://pi.local:8088/".into()),
+        }
+    );
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+}
+
+#[test]
+fn http_limits_out_of_range_are_refused_with_the_range() {
+    let text = "mqtt: {host: h, dongle_prefix: d}\nserver: {header_timeout_seconds: 30, idle_timeout_seconds: 0, max_connections: 0.5}";
+    let p = parse(text, &no_env()).unwrap_err();
+    let paths: Vec<_> = p.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "server.header_timeout_seconds",
+            "server.idle_timeout_seconds",
+            "server.max_connections"
+        ]
+    );
+    assert!(p[0].message.contains("from 1 to 10, found 30"), "{}", p[0]);
+    assert!(p[1].message.contains("from 1 to 3600"), "{}", p[1]);
+    assert!(p[2].message.contains("from 1 to 1000"), "{}", p[2]);
+    let p = parse(
+        "mqtt: {host: h, dongle_prefix: d}\nserver: {max_connections: lots}",
+        &no_env(),
+    )
+    .unwrap_err();
+    assert_eq!(p[0].path, "server.max_connections");
+    assert!(p[0].message.contains("expected a number"), "{}", p[0]);
+}
+
+#[test]
+fn bad_home_assistant_values_are_reported_with_their_key_paths() {
+    let text = "mqtt: {host: h, dongle_prefix: d}\nhome_assistant: {enabled: maybe, discovery_prefix: 'home/#', node_id: 'solar:1', configuration_url: 'pi.local:8088', colour: blue}";
+    let problems = parse(text, &no_env()).unwrap_err();
+    let paths: Vec<_> = problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "home_assistant.enabled",
+            "home_assistant.discovery_prefix",
+            "home_assistant.node_id",
+            "home_assistant.configuration_url"
+        ]
+    );
+    assert!(
+        problems[2].message.contains("letters, digits"),
+        "{}",
+        problems[2]
+    );
+    let warned = parse(
+        "mqtt: {host: h, dongle_prefix: d}\nhome_assistant: {colour: blue}",
+        &no_env(),
+    )
+    .unwrap();
+    assert_eq!(warned.warnings[0].path, "home_assistant.colour");
+    let not_a_map = parse(
+        "mqtt: {host: h, dongle_prefix: d}\nhome_assistant: on",
+        &no_env(),
+    );
+    assert_eq!(not_a_map.unwrap_err()[0].path, "home_assistant");
+}
+
+#[test]
+fn the_shipped_example_config_loads_without_warnings() {
+    let text = include_str!("../../config.example.yaml");
+    let l = parse(text, &no_env()).unwrap();
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+}
