@@ -37,8 +37,10 @@ use tokio::sync::{mpsc, oneshot};
 const PREFIX: &str = "dongle-40:4C:CA:00:BE:01";
 /// The target every bench charge uses; telemetry below it keeps a charge running.
 const TARGET: u8 = 80;
-/// The SOC the battery sits at between runs.
-const LOW_SOC: u8 = 50;
+/// The SOC the battery sits at between runs: one point below the target, so the stopping
+/// report is the ordinary one-point step of a real charge (a jump of many points is held back
+/// by the service until a second report confirms it).
+const LOW_SOC: u8 = TARGET - 1;
 /// How long after `ACCharge=1` the stopping SOC is published: more than the service's
 /// least interval between two writes (1 s by default), so that interval is not measured.
 const AFTER_START: Duration = Duration::from_millis(1200);

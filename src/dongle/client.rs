@@ -3,18 +3,15 @@
 //! * The **connection task** drives rumqttc's event loop: it subscribes to `prefix/#` on every
 //!   ConnAck (rumqttc does not re-subscribe by itself), reconnects forever with backoff,
 //!   decodes each message and hands it to the engine and to the writer.
-//! * The **writer task** makes verified writes, one at a time and at least
-//!   `min_write_interval` apart (the dongle handles one write in flight): publish `update`,
-//!   wait for the matching `response` (or a `setting/updated` with the value), and on a
-//!   timeout read the value back before deciding whether to retry, because a write that timed
-//!   out has been seen to apply 15 s later (the read-back waits its full time for that before
-//!   a retry). It also keeps the hold-register cache from which the pre-charge snapshot is
-//!   taken.
+//! * The **writer task** drives the verified-write protocol ([`crate::dongle::protocol`], a
+//!   pure state machine): one write at a time, at least `min_write_interval` apart, each
+//!   confirmed by its answer or read back before a retry, and the snapshots of the settings
+//!   from the hold-register cache it keeps.
 //!
 //! Publishing happens from the writer task, never from the task that polls the event loop:
 //! awaiting a publish there would deadlock on rumqttc's bounded request channel.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
@@ -24,11 +21,10 @@ use tracing::{debug, info, warn};
 
 use crate::clock::{Clock, Mono};
 use crate::config::Secret;
-use crate::domain::session::{WriteResult, value_like};
+use crate::domain::session::WriteResult;
 use crate::domain::units::SettingValue;
-use crate::dongle::codec::{
-    self, Fields, Message, TimeFormat, encode_snapshot_request, encode_update, read_back_matches,
-};
+use crate::dongle::codec::{self, Message, TimeFormat, encode_snapshot_request};
+use crate::dongle::protocol::{self, Out, ProtocolConfig, Request, WriteProtocol};
 
 /// Everything the client needs from config.
 #[derive(Debug, Clone)]
@@ -58,16 +54,6 @@ pub enum DongleEvent {
     /// A message on the dongle's topics that could not be decoded (logged and dropped; it
     /// still shows that the dongle is alive).
     Undecodable,
-}
-
-/// Firmware generation, learnt from the topics the dongle publishes on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Firmware {
-    Unknown,
-    /// < 4.3: `inputbankN`/`holdbankN`, no read request.
-    Legacy,
-    /// >= 4.3: `input`/`hold` deltas, `snapshot/request`, `setting/updated`.
-    Modern,
 }
 
 enum Command {
@@ -210,15 +196,21 @@ pub fn spawn(
         extra,
     ));
     let extra_client = client.clone();
+    let protocol = WriteProtocol::new(ProtocolConfig {
+        write_timeout: settings.write_timeout,
+        min_write_interval: settings.min_write_interval,
+        readback_timeout: settings.readback_timeout,
+        max_retries: settings.max_retries,
+        time_format: settings.time_format,
+    });
     let writer = Writer {
         settings,
         clock,
         client,
         connected: connected_rx.clone(),
         inbound: inbound_rx,
-        cache: Fields::default(),
-        firmware: Firmware::Unknown,
-        last_write: None,
+        protocol,
+        replies: VecDeque::new(),
     };
     let writer = tokio::spawn(writer.run(cmd_rx, shutdown));
     (
@@ -432,38 +424,114 @@ fn wanted_by_writer(m: &Message) -> bool {
     )
 }
 
+/// Drives the verified-write protocol ([`crate::dongle::protocol`]): hands it requests,
+/// messages and the time, and publishes and answers what it says.
 struct Writer {
     settings: DongleSettings,
     clock: Clock,
     client: AsyncClient,
     connected: watch::Receiver<bool>,
     inbound: mpsc::Receiver<Inbound>,
-    /// Hold registers as last reported (merged from banks, deltas, snapshots and confirmed
-    /// writes).
-    cache: Fields,
-    firmware: Firmware,
-    last_write: Option<Mono>,
+    protocol: WriteProtocol,
+    /// Answers owed, oldest first (the protocol finishes requests in order).
+    replies: VecDeque<Owed>,
 }
 
-enum ReadBack {
-    Matches,
-    Differs(String),
-    Unavailable,
+enum Owed {
+    Write(oneshot::Sender<WriteResult>, Mono),
+    Snapshot(oneshot::Sender<Option<BTreeMap<String, SettingValue>>>),
 }
 
 impl Writer {
     async fn run(mut self, mut cmds: mpsc::Receiver<Command>, shutdown: CancellationToken) {
         loop {
-            tokio::select! {
+            let deadline = self.protocol.next_deadline();
+            let timer = {
+                let clock = self.clock.clone();
+                async move {
+                    match deadline {
+                        Some(at) => clock.sleep_until(Mono(at)).await,
+                        None => std::future::pending().await,
+                    }
+                }
+            };
+            let out = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 msg = self.inbound.recv() => match msg {
-                    Some(m) => self.absorb(&m),
+                    Some(m) => {
+                        let now = self.now();
+                        self.protocol.set_connected(*self.connected.borrow());
+                        self.protocol.on_message(
+                            protocol::Inbound { suffix: &m.suffix, retained: m.retained, message: &m.message },
+                            now,
+                        )
+                    }
                     None => break,
                 },
                 cmd = cmds.recv() => match cmd {
-                    Some(Command::Write { setting, value, reply }) => {
-                        let began = self.clock.mono();
-                        let result = self.write(&setting, value).await;
+                    Some(cmd) => self.on_command(cmd),
+                    None => break,
+                },
+                _ = timer => {
+                    let now = self.now();
+                    self.protocol.on_timer(now)
+                }
+            };
+            self.carry_out(out).await;
+        }
+    }
+
+    fn now(&self) -> Duration {
+        self.clock.mono().0
+    }
+
+    fn on_command(&mut self, cmd: Command) -> Vec<Out> {
+        let request = match cmd {
+            Command::Write {
+                setting,
+                value,
+                reply,
+            } => {
+                self.replies
+                    .push_back(Owed::Write(reply, self.clock.mono()));
+                Request::Write { setting, value }
+            }
+            Command::Snapshot {
+                settings,
+                fresh,
+                reply,
+            } => {
+                self.replies.push_back(Owed::Snapshot(reply));
+                Request::Snapshot { settings, fresh }
+            }
+            Command::Refresh => Request::Refresh,
+        };
+        let now = self.now();
+        self.protocol.set_connected(*self.connected.borrow());
+        self.protocol.request(request, now)
+    }
+
+    /// Publishes and answers what the protocol says, feeding back a publish that failed.
+    async fn carry_out(&mut self, out: Vec<Out>) {
+        let mut queue: VecDeque<Out> = out.into();
+        while let Some(o) = queue.pop_front() {
+            match o {
+                Out::Publish { suffix, payload } => {
+                    let topic = format!("{}/{suffix}", self.settings.prefix);
+                    if let Err(e) = self
+                        .client
+                        .publish(topic, QoS::AtLeastOnce, false, payload)
+                        .await
+                    {
+                        let now = self.now();
+                        queue.extend(
+                            self.protocol
+                                .publish_failed(format!("publish failed: {e}"), now),
+                        );
+                    }
+                }
+                Out::WriteDone(result) => {
+                    if let Some(Owed::Write(reply, began)) = self.replies.pop_front() {
                         crate::metrics::write_done(
                             match &result {
                                 WriteResult::Confirmed => "confirmed",
@@ -475,248 +543,13 @@ impl Writer {
                         );
                         let _ = reply.send(result);
                     }
-                    Some(Command::Snapshot { settings, fresh, reply }) => {
-                        let snap = self.snapshot(&settings, fresh).await;
+                }
+                Out::SnapshotDone(snap) => {
+                    if let Some(Owed::Snapshot(reply)) = self.replies.pop_front() {
                         let _ = reply.send(snap);
                     }
-                    Some(Command::Refresh) => {
-                        if self.firmware != Firmware::Legacy {
-                            let _ = self.publish("snapshot/request", encode_snapshot_request()).await;
-                        }
-                    }
-                    None => break,
-                },
-            }
-        }
-    }
-
-    fn absorb(&mut self, m: &Inbound) {
-        let s = m.suffix.as_str();
-        if s.starts_with("inputbank") || s.starts_with("holdbank") {
-            self.firmware = Firmware::Legacy;
-        } else if matches!(s, "input" | "hold" | "setting/updated") || s.starts_with("snap/") {
-            self.firmware = Firmware::Modern;
-        }
-        match &m.message {
-            Message::Settings(f) | Message::SettingUpdated(f) => self.cache.merge(f),
-            Message::Status { version: Some(v) } if version_at_least_4_3(v) => {
-                self.firmware = Firmware::Modern
-            }
-            _ => {}
-        }
-    }
-
-    fn topic(&self, suffix: &str) -> String {
-        format!("{}/{suffix}", self.settings.prefix)
-    }
-
-    async fn publish(&mut self, suffix: &str, payload: Vec<u8>) -> Result<(), String> {
-        if !*self.connected.borrow() {
-            return Err("not connected to the MQTT broker".into());
-        }
-        self.client
-            .publish(self.topic(suffix), QoS::AtLeastOnce, false, payload)
-            .await
-            .map_err(|e| format!("publish failed: {e}"))
-    }
-
-    /// One verified write (see the module docs).
-    async fn write(&mut self, setting: &str, value: SettingValue) -> WriteResult {
-        let attempts = 1 + self.settings.max_retries;
-        let mut why = String::new();
-        for attempt in 1..=attempts {
-            if let Some(last) = self.last_write {
-                self.clock
-                    .sleep_until(last + self.settings.min_write_interval)
-                    .await;
-            }
-            let payload = encode_update(setting, value, self.settings.time_format);
-            if let Err(e) = self.publish("update", payload).await {
-                return WriteResult::NotSent(e);
-            }
-            self.last_write = Some(self.clock.mono());
-            debug!(setting, %value, attempt, "write sent");
-            let deadline = self.clock.mono() + self.settings.write_timeout;
-            loop {
-                tokio::select! {
-                    msg = self.inbound.recv() => {
-                        let Some(m) = msg else { return WriteResult::NotSent("shutting down".into()) };
-                        self.absorb(&m);
-                        match &m.message {
-                            Message::WriteResponse { setting: s, success, status }
-                                if !m.retained && s.as_deref().is_none_or(|s| s.eq_ignore_ascii_case(setting)) =>
-                            {
-                                return if *success {
-                                    self.remember(setting, value);
-                                    WriteResult::Confirmed
-                                } else {
-                                    WriteResult::Rejected(format!("the dongle answered {status:?}"))
-                                };
-                            }
-                            Message::SettingUpdated(f)
-                                if f.get(setting).is_some_and(|v| read_back_matches(value, v)) =>
-                            {
-                                return WriteResult::Confirmed;
-                            }
-                            _ => {}
-                        }
-                    }
-                    _ = self.clock.sleep_until(deadline) => break,
-                }
-            }
-            let waited = self.settings.write_timeout.as_secs();
-            match self.read_back(setting, value).await {
-                ReadBack::Matches => {
-                    info!(setting, %value, "write confirmed by read-back after {waited} s without an answer");
-                    return WriteResult::Confirmed;
-                }
-                ReadBack::Differs(now) => {
-                    why = format!("no answer within {waited} s and it reads back as {now}");
-                    warn!(setting, %value, attempt, "{why}");
-                }
-                ReadBack::Unavailable => {
-                    return WriteResult::Unknown(format!(
-                        "no answer within {waited} s and the value could not be read back"
-                    ));
                 }
             }
         }
-        WriteResult::Unknown(why)
-    }
-
-    fn remember(&mut self, setting: &str, value: SettingValue) {
-        let raw = match value {
-            SettingValue::Int(v) => codec::RawValue::Num(v as f64),
-            SettingValue::Time(t) => codec::RawValue::Text(t.to_string()),
-        };
-        self.cache.insert(setting, raw);
-    }
-
-    /// Reads a setting back: on >= 4.3 by asking for a snapshot, on older firmware by waiting
-    /// for the next hold bank (bounded by `readback_timeout`).
-    ///
-    /// A read that still shows the old value is not the last word: a write that timed out has
-    /// been seen to apply seconds later, and retrying it at once would send it twice. So the
-    /// read-back keeps listening until its deadline for the value to appear (in a
-    /// `setting/updated`, a hold delta or a bank), and only then reports the difference.
-    async fn read_back(&mut self, setting: &str, value: SettingValue) -> ReadBack {
-        if self.firmware != Firmware::Legacy {
-            let _ = self
-                .publish("snapshot/request", encode_snapshot_request())
-                .await;
-        }
-        let deadline = self.clock.mono() + self.settings.readback_timeout;
-        let mut differs: Option<String> = None;
-        loop {
-            tokio::select! {
-                msg = self.inbound.recv() => {
-                    let Some(m) = msg else {
-                        return differs.map_or(ReadBack::Unavailable, ReadBack::Differs);
-                    };
-                    self.absorb(&m);
-                    match &m.message {
-                        Message::WriteResponse { setting: s, success: true, .. }
-                            if !m.retained && s.as_deref().is_some_and(|s| s.eq_ignore_ascii_case(setting)) =>
-                        {
-                            return ReadBack::Matches;
-                        }
-                        Message::Settings(f) | Message::SettingUpdated(f) => {
-                            if let Some(read) = f.get(setting) {
-                                if read_back_matches(value, read) {
-                                    return ReadBack::Matches;
-                                }
-                                differs = Some(format!("{read:?}"));
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-                _ = self.clock.sleep_until(deadline) => {
-                    return differs.map_or(ReadBack::Unavailable, ReadBack::Differs);
-                }
-            }
-        }
-    }
-
-    /// The current values of `settings`: on >= 4.3 (or unknown firmware) a fresh snapshot is
-    /// requested; on older firmware the cache is used when it holds them all, else the next
-    /// hold banks are awaited (bounded). [`Freshness::Cached`] answers from the cache at once.
-    async fn snapshot(
-        &mut self,
-        settings: &[String],
-        fresh: Freshness,
-    ) -> Option<BTreeMap<String, SettingValue>> {
-        let have_all = |cache: &Fields| settings.iter().all(|s| cache.get(s).is_some());
-        if fresh == Freshness::Cached {
-            while let Ok(m) = self.inbound.try_recv() {
-                self.absorb(&m);
-            }
-            return self.snapshot_from_cache(settings);
-        }
-        let fresh_needed = self.firmware != Firmware::Legacy;
-        if fresh_needed
-            && let Err(e) = self
-                .publish("snapshot/request", encode_snapshot_request())
-                .await
-        {
-            debug!("snapshot request not sent: {e}");
-        }
-        let deadline = self.clock.mono() + self.settings.readback_timeout;
-        let mut got_fresh = !fresh_needed;
-        while !(got_fresh && have_all(&self.cache)) {
-            tokio::select! {
-                msg = self.inbound.recv() => {
-                    let Some(m) = msg else { break };
-                    self.absorb(&m);
-                    if matches!(m.message, Message::Settings(_)) {
-                        got_fresh = true;
-                    }
-                }
-                _ = self.clock.sleep_until(deadline) => break,
-            }
-        }
-        self.snapshot_from_cache(settings)
-    }
-
-    fn snapshot_from_cache(&self, settings: &[String]) -> Option<BTreeMap<String, SettingValue>> {
-        let snap: BTreeMap<String, SettingValue> = settings
-            .iter()
-            .filter_map(|s| {
-                let raw = self.cache.get(s)?;
-                Some((s.clone(), codec::setting_value(raw, value_like(s))?))
-            })
-            .collect();
-        if snap.len() < settings.len() {
-            let missing: Vec<&str> = settings
-                .iter()
-                .filter(|s| !snap.contains_key(*s))
-                .map(String::as_str)
-                .collect();
-            warn!(
-                ?missing,
-                "some inverter settings could not be read before the charge"
-            );
-        }
-        (!snap.is_empty()).then_some(snap)
-    }
-}
-
-fn version_at_least_4_3(v: &str) -> bool {
-    let mut parts = v.split('.').map(|p| p.trim().parse::<u32>().unwrap_or(0));
-    let major = parts.next().unwrap_or(0);
-    let minor = parts.next().unwrap_or(0);
-    (major, minor) >= (4, 3)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn firmware_versions_from_4_3_on_are_modern() {
-        assert!(version_at_least_4_3("4.3.0.111S3"));
-        assert!(version_at_least_4_3("5.0"));
-        assert!(!version_at_least_4_3("4.2.9"));
-        assert!(!version_at_least_4_3("garbage"));
     }
 }
