@@ -818,9 +818,12 @@ impl Bench {
 
     /// Publishes a SOC and waits until the service shows it.
     async fn set_soc(&mut self, soc: u8) -> anyhow::Result<()> {
-        self.dongle
-            .publish("inputbank1", telemetry_payload(soc))
-            .await?;
+        // Twice: a reading far from the last one is held until a second one confirms it.
+        for _ in 0..2 {
+            self.dongle
+                .publish("inputbank1", telemetry_payload(soc))
+                .await?;
+        }
         self.poll_until(
             "the service to show the SOC",
             Duration::from_secs(10),
@@ -1054,10 +1057,11 @@ impl Bench {
         let mut batch = 0u64;
         while sent < n {
             let end = (sent + BATCH).min(n);
-            // Between-run SOCs are 30..=89; markers alternate 10 and 11.
+            // Between-run SOCs are 30..=89; markers alternate 10 and 11. A marker comes twice:
+            // the service holds a reading that jumps far until a second one confirms it.
             let marker = 10 + (batch % 2) as u8;
             for i in sent..end {
-                let soc = if i + 1 == end {
+                let soc = if i + 2 >= end {
                     marker
                 } else {
                     30 + (i % 60) as u8
