@@ -268,6 +268,15 @@ pub enum Effect {
     Reply(RequestId, Reply),
 }
 
+/// What a save the core waits on is for.
+#[derive(Debug)]
+enum Awaiting {
+    /// A new schedule, applied once on disk, with the session as it would be with it.
+    Schedule(Schedule, Box<Option<Session>>),
+    /// A cancellation: the stop follows the save, whatever its result.
+    Cancel,
+}
+
 /// The engine's state and rules. See the module docs.
 #[derive(Debug)]
 pub struct EngineCore {
@@ -288,8 +297,8 @@ pub struct EngineCore {
     start_waiters: Vec<RequestId>,
     /// Stop requests waiting for AC charge to go off: when asked, and a problem to report.
     stop_waiters: Vec<(RequestId, Timestamp, Option<String>)>,
-    /// A schedule waiting for its save, with the session as it would be with it.
-    pending_schedule: Option<(Option<Schedule>, Option<Session>)>,
+    /// A save the core waits on before it does anything else.
+    awaiting_save: Option<Awaiting>,
     /// What was last handed to the disk, to save only on change.
     saved: Option<State>,
     soc_filter: SocFilter,
@@ -328,7 +337,7 @@ impl EngineCore {
             connect_grace: None,
             start_waiters: Vec::new(),
             stop_waiters: Vec::new(),
-            pending_schedule: None,
+            awaiting_save: None,
             saved: None,
             soc_filter,
             queued_start: None,
@@ -380,7 +389,7 @@ impl EngineCore {
             }
         }
         // A schedule waiting for its save is applied (or not) first.
-        if self.pending_schedule.is_none() {
+        if self.awaiting_save.is_none() {
             self.step(now, &mut fx);
         }
         fx
@@ -864,7 +873,7 @@ impl EngineCore {
                     ticket: Some(SaveTicket::Cancel(id)),
                 });
                 // Nothing else happens until the save is answered.
-                self.pending_schedule = Some((None, self.session.clone()));
+                self.awaiting_save = Some(Awaiting::Cancel);
             }
             Command::ChargeNow(target) => self.charge_now(id, target, now, fx),
         }
@@ -975,7 +984,7 @@ impl EngineCore {
             state: Box::new(state),
             ticket: Some(SaveTicket::Schedule(id)),
         });
-        self.pending_schedule = Some((Some(schedule), session));
+        self.awaiting_save = Some(Awaiting::Schedule(schedule, Box::new(session)));
     }
 
     fn on_saved(
@@ -985,14 +994,14 @@ impl EngineCore {
         now: Now,
         fx: &mut Vec<Effect>,
     ) {
-        let Some((schedule, session)) = self.pending_schedule.take() else {
+        let Some(awaiting) = self.awaiting_save.take() else {
             return;
         };
-        match ticket {
-            SaveTicket::Schedule(id) => match result {
+        match (ticket, awaiting) {
+            (SaveTicket::Schedule(id), Awaiting::Schedule(schedule, session)) => match result {
                 Ok(()) => {
-                    self.schedule = schedule;
-                    self.session = session;
+                    self.schedule = Some(schedule);
+                    self.session = *session;
                     self.saved = Some(self.state());
                     self.step(now, fx);
                     fx.push(Effect::Reply(id, Reply::Schedule(Ok(self.status.clone()))));
@@ -1004,7 +1013,7 @@ impl EngineCore {
                     ));
                 }
             },
-            SaveTicket::Cancel(id) => {
+            (SaveTicket::Cancel(id), Awaiting::Cancel) => {
                 if result.is_ok() {
                     self.saved = Some(self.state());
                 }
@@ -1012,6 +1021,9 @@ impl EngineCore {
                     format!("the cancellation could not be saved ({e}), so the schedule may return after a restart: check that the data directory is writable and not full")
                 });
                 self.stop(id, now, "stopped through the API", unsaved, fx);
+            }
+            (ticket, awaiting) => {
+                debug_assert!(false, "{ticket:?} answers a save for {awaiting:?}");
             }
         }
     }

@@ -12,9 +12,9 @@ use solar_charging_backend::sim::dongle::{Fault, Firmware, HoldValue};
 
 use crate::harness::{GUARD, World, ac_on};
 use crate::sessions::{
-    Knobs, Peer, answer, assert_left_as_found, charge_now, history, minutes, phase, post_later,
-    run_to_the_end, spaced_writes_and_a_once_charge_at_0130, the_one_session_ended_for, world,
-    written,
+    Knobs, Peer, answer, assert_left_as_found, charge_now, history, minutes, once_at_0130, phase,
+    post_later, run_to_the_end, spaced_writes_and_a_once_charge_at_0130, the_one_session_ended_for,
+    world, written,
 };
 
 const SEC: Duration = Duration::from_secs(1);
@@ -120,13 +120,7 @@ async fn a_graceful_restart_at_the_stop_and_at_each_restore_write_still_leaves_t
 async fn a_graceful_stop_with_an_unanswered_write_waits_one_write_timeout_then_the_restart_sends_it_again()
  {
     let (mut w, before) = world(Knobs::default()).await;
-    let (code, _) = w
-        .post(
-            "/api/charge/schedule",
-            json!({"target_soc": 55, "start_time": "01:30", "mode": "once"}),
-        )
-        .await;
-    assert_eq!(code, 200);
+    once_at_0130(&w, 55).await;
     w.tick(29 * MIN).await;
     w.sim.set_fault(Fault::Silent);
     w.clock.advance(MIN);
@@ -398,13 +392,7 @@ async fn a_scheduled_charge_on_a_slow_legacy_dongle_writes_at_the_minute() {
     })
     .await;
     w.tick(MIN).await; // the first hold bank
-    let (code, _) = w
-        .post(
-            "/api/charge/schedule",
-            json!({"target_soc": 60, "start_time": "01:30", "mode": "once"}),
-        )
-        .await;
-    assert_eq!(code, 200);
+    once_at_0130(&w, 60).await;
     w.tick(28 * MIN).await;
     // The read ahead waits its 10 s for the missing register a minute before the start...
     w.tick(10 * SEC).await;

@@ -336,13 +336,7 @@ impl std::io::Write for SharedBuf {
 #[tokio::test]
 async fn a_charge_killed_mid_way_resumes_after_the_restart_and_still_stops_at_the_target() {
     let (mut w, before) = world(Knobs::default()).await;
-    let (code, _) = w
-        .post(
-            "/api/charge/schedule",
-            json!({"target_soc": 70, "start_time": "01:30", "mode": "once"}),
-        )
-        .await;
-    assert_eq!(code, 200);
+    once_at_0130(&w, 70).await;
     w.tick(30 * MIN).await;
     w.wait_sim(ac_on).await;
     w.wait_status(|s| phase(s) == Some(Phase::Charging)).await;
@@ -448,6 +442,12 @@ pub(crate) async fn spaced_writes_and_a_once_charge_at_0130(
         ..Knobs::default()
     })
     .await;
+    once_at_0130(&w, target).await;
+    (w, before)
+}
+
+/// Schedules a once charge to `target` at 01:30 (the test worlds start at 01:00).
+pub(crate) async fn once_at_0130(w: &World, target: u8) {
     let (code, body) = w
         .post(
             "/api/charge/schedule",
@@ -455,7 +455,6 @@ pub(crate) async fn spaced_writes_and_a_once_charge_at_0130(
         )
         .await;
     assert_eq!(code, 200, "{body}");
-    (w, before)
 }
 
 /// Schedules a charge at 01:30 with writes a second apart, lets the first two through, then
