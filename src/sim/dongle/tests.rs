@@ -1,9 +1,11 @@
 //! Tests of `src/sim/dongle.rs`.
 
+use super::model::parse_write;
 use super::*;
 use crate::clock::ManualClock;
 use crate::sim::broker::start_embedded_broker;
 use rumqttc::Publish;
+use serde_json::json;
 
 /// A failure guard only: every wait below ends as soon as the awaited event happens.
 const WAIT: Duration = Duration::from_secs(10);
