@@ -25,11 +25,10 @@ use crate::domain::core::{
 pub use crate::domain::core::{
     CommandError, ScheduleInput, SessionView, StartOutcome, Status, StopOutcome,
 };
-use crate::domain::session::{ChargeParams, Now, Report, Write, WriteResult, value_like};
+use crate::domain::session::{ChargeParams, Now, Write, WriteResult};
 use crate::domain::soc_filter::SocRule;
 use crate::domain::units::TargetSoc;
 use crate::dongle::client::{DongleEvent, DongleHandle};
-use crate::dongle::codec::{self, Message};
 use crate::logging::Throttle;
 use crate::store::{State, Store};
 
@@ -332,50 +331,18 @@ impl Engine {
     /// The dongle's message as the core takes it; out-of-range values are dropped here, with
     /// a warning at most once a minute.
     fn decode(&mut self, ev: DongleEvent) -> DongleInput {
-        let settings = |fields: &codec::Fields| {
-            fields
-                .iter()
-                .map(|(name, raw)| {
-                    (
-                        name.to_string(),
-                        codec::setting_value(raw, value_like(name)),
-                    )
-                })
-                .collect()
-        };
         match ev {
             DongleEvent::Connected(up) => DongleInput::Connected(up),
             DongleEvent::Undecodable => DongleInput::Other,
-            DongleEvent::Message(m) => match m {
-                Message::Telemetry(fields) => {
-                    let t = codec::telemetry(&fields);
-                    if !t.rejected.is_empty()
-                        && let Some(held) = self.bad_values.allow(self.clock.mono().0)
-                    {
-                        warn!(values = ?t.rejected, more_since_last_warning = held, "ignored out-of-range telemetry values");
-                    }
-                    DongleInput::Telemetry {
-                        soc: t.soc,
-                        battery_power_w: t.battery_power_w,
-                        charge_power_w: t.charge_power_w,
-                    }
+            DongleEvent::Message(m) => {
+                let (input, rejected) = crate::dongle::input::to_core(m);
+                if !rejected.is_empty()
+                    && let Some(held) = self.bad_values.allow(self.clock.mono().0)
+                {
+                    warn!(values = ?rejected, more_since_last_warning = held, "ignored out-of-range telemetry values");
                 }
-                Message::Availability { online } => DongleInput::Availability(online),
-                Message::SettingUpdated(fields) => DongleInput::Settings {
-                    values: settings(&fields),
-                    report: Report::Confirmed,
-                    firmware_code: None,
-                },
-                Message::Settings(fields) => DongleInput::Settings {
-                    values: settings(&fields),
-                    report: Report::Polled,
-                    firmware_code: codec::firmware_code(&fields),
-                },
-                Message::FirmwareCode(code) => DongleInput::FirmwareCode(code),
-                Message::WriteResponse { .. } | Message::Status { .. } | Message::Ignored => {
-                    DongleInput::Other
-                }
-            },
+                input
+            }
         }
     }
 

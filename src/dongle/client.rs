@@ -23,7 +23,7 @@ use crate::clock::{Clock, Mono};
 use crate::config::Secret;
 use crate::domain::session::WriteResult;
 use crate::domain::units::SettingValue;
-use crate::dongle::codec::{self, Message, TimeFormat, encode_snapshot_request};
+use crate::dongle::codec::{self, Message, TimeFormat};
 use crate::dongle::protocol::{self, Out, ProtocolConfig, Request, WriteProtocol};
 
 /// Everything the client needs from config.
@@ -255,22 +255,15 @@ async fn connection_task(
                 if let Err(e) = client.try_subscribe(&filter, QoS::AtLeastOnce) {
                     warn!(error = %e, "could not subscribe to {filter}");
                 }
-                // Firmware >= 4.3 publishes only changes: without a snapshot, an idle battery's
-                // SOC might not be heard for hours after a (re)connect. Older firmware ignores
-                // the request and reports periodically anyway. Queued after the subscription,
-                // so the answer is not missed.
-                let _ = client.try_publish(
-                    format!("{prefix}/snapshot/request"),
-                    QoS::AtLeastOnce,
-                    false,
-                    encode_snapshot_request(),
-                );
-                let _ = client.try_publish(
-                    format!("{prefix}/firmwarecode/request"),
-                    QoS::AtLeastOnce,
-                    false,
-                    b"{}".to_vec(),
-                );
+                // Queued after the subscription, so the answers are not missed.
+                for (suffix, payload) in crate::dongle::input::on_connect() {
+                    let _ = client.try_publish(
+                        format!("{prefix}/{suffix}"),
+                        QoS::AtLeastOnce,
+                        false,
+                        payload,
+                    );
+                }
                 if let Some(x) = &extra {
                     x.on_conn_ack(&client);
                 }
@@ -292,26 +285,19 @@ async fn connection_task(
                     continue;
                 };
                 match codec::decode(&prefix, topic, &p.payload) {
-                    Ok(Message::Ignored) => {}
                     Ok(message) => {
-                        if wanted_by_writer(&message) {
+                        let route = crate::dongle::input::route(message, p.retain);
+                        if let Some(message) = route.protocol {
                             // Dropping when the writer is behind only costs a read-back later.
                             let _ = inbound.try_send(Inbound {
                                 suffix: suffix.to_string(),
                                 retained: p.retain,
-                                message: message.clone(),
-                            });
-                        } else if matches!(message, Message::Telemetry(_)) {
-                            let _ = inbound.try_send(Inbound {
-                                suffix: suffix.to_string(),
-                                retained: p.retain,
-                                message: Message::Ignored,
+                                message,
                             });
                         }
-                        if p.retain && matches!(message, Message::WriteResponse { .. }) {
-                            continue;
-                        }
-                        if events.send(DongleEvent::Message(message)).await.is_err() {
+                        if let Some(message) = route.engine
+                            && events.send(DongleEvent::Message(message)).await.is_err()
+                        {
                             break;
                         }
                     }
@@ -413,16 +399,6 @@ impl ExtraMqtt {
 }
 
 // ---- end of the extra traffic ----------------------------------------------------------------
-
-fn wanted_by_writer(m: &Message) -> bool {
-    matches!(
-        m,
-        Message::WriteResponse { .. }
-            | Message::Settings(_)
-            | Message::SettingUpdated(_)
-            | Message::Status { .. }
-    )
-}
 
 /// Drives the verified-write protocol ([`crate::dongle::protocol`]): hands it requests,
 /// messages and the time, and publishes and answers what it says.
