@@ -41,6 +41,8 @@ const PREFETCH_VALID: Duration = Duration::from_secs(180);
 /// How long a start waits for the broker connection before its first write (see
 /// `EngineCore::connect_grace`).
 const BOOT_CONNECT_GRACE: Duration = Duration::from_secs(15);
+/// How often a reading that settles a doubtful SOC may be asked for.
+const SOC_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 
 /// What the core needs from config.
 #[derive(Debug, Clone)]
@@ -315,9 +317,14 @@ pub struct EngineCore {
     /// When the dongle was last heard, and last asked for its settings (monotonic).
     last_heard: Option<Duration>,
     last_refresh: Option<Duration>,
+    /// When a reading that settles a doubtful SOC was last asked for (monotonic).
+    last_soc_check: Option<Duration>,
     held_soc: Throttle,
     /// See [`State::ac_maybe_left_on`].
     ac_maybe_left_on: bool,
+    /// Scheduled occurrences that charged nothing (skipped, missed), recorded in the history
+    /// once the consumed schedule has been handed to the disk.
+    occurrence_records: Vec<SessionRecord>,
 }
 
 impl EngineCore {
@@ -341,11 +348,13 @@ impl EngineCore {
             saved: None,
             soc_filter,
             queued_start: None,
+            occurrence_records: Vec::new(),
             prefetched: None,
             prefetch_for: None,
             snapshot_is_prefetch: false,
             last_heard: None,
             last_refresh: None,
+            last_soc_check: None,
             held_soc: Throttle::per_minute(),
         }
     }
@@ -464,6 +473,9 @@ impl EngineCore {
         self.finish_session(now, fx);
         self.drop_spent_schedule();
         self.persist(fx);
+        // After the save that consumed the occurrence: a crash in between leaves the
+        // occurrence armed, to be judged again, rather than recorded twice.
+        fx.extend(self.occurrence_records.drain(..).map(Effect::History));
         self.refresh_status();
         self.answer_waiters(now, fx);
     }
@@ -487,18 +499,40 @@ impl EngineCore {
                         );
                         self.queued_start = Some((Origin::Schedule, target));
                     }
-                    Some(_) => info!(
-                        "a charge is already running; this occurrence is consumed without a second start"
-                    ),
+                    Some(s) => {
+                        let detail = format!(
+                            "another charge (to {}) was running at the scheduled time",
+                            s.target
+                        );
+                        info!(
+                            "a charge is already running; this occurrence is consumed without a second start"
+                        );
+                        self.record_occurrence(StopReason::Missed, target, occurrence, detail, now);
+                    }
                     None => {
-                        self.start(Origin::Schedule, target, now, fx);
+                        if let Some(msg) = self.start(Origin::Schedule, target, now, fx) {
+                            self.record_occurrence(
+                                StopReason::Skipped,
+                                target,
+                                occurrence,
+                                msg,
+                                now,
+                            );
+                        }
                     }
                 }
             }
             Due::Missed(occurrence) => {
                 schedule.consume(occurrence, now.wall, &self.cfg.tz);
+                let target = schedule.target;
                 warn!(%occurrence, now = %now.wall, next_run = ?schedule.next_run,
                     "the scheduled charge was missed by more than 10 minutes (service down or clock moved); skipped");
+                let late = now.wall.duration_since(occurrence);
+                let detail = format!(
+                    "missed by {} minutes: the service was not running or the clock moved past it",
+                    late.as_secs().max(0) / 60
+                );
+                self.record_occurrence(StopReason::Missed, target, occurrence, detail, now);
                 self.drop_spent_schedule();
             }
             Due::Idle | Due::Wait(_) => {}
@@ -527,6 +561,11 @@ impl EngineCore {
         if let Some(msg) = self.already_reached(target) {
             // Nothing to charge: the previous session finishes its restore undisturbed.
             self.queued_start = None;
+            if origin == Origin::Schedule
+                && let Some(occurrence) = self.schedule.as_ref().and_then(|s| s.last_run)
+            {
+                self.record_occurrence(StopReason::Skipped, target, occurrence, msg.clone(), now);
+            }
             self.answer_starts(true, msg, fx);
             return;
         }
@@ -549,6 +588,35 @@ impl EngineCore {
         if let Some(s) = &mut self.session {
             s.inherit(inherited);
         }
+    }
+
+    /// Notes a scheduled occurrence that charged nothing, for the history.
+    fn record_occurrence(
+        &mut self,
+        reason: StopReason,
+        target: TargetSoc,
+        occurrence: Timestamp,
+        detail: String,
+        now: Now,
+    ) {
+        let soc = self.status.soc;
+        self.occurrence_records.push(SessionRecord {
+            id: format!(
+                "{}-{}",
+                occurrence.strftime("%Y%m%dT%H%M%SZ"),
+                reason.as_str()
+            ),
+            origin: Origin::Schedule,
+            target_soc: target,
+            started_at: occurrence,
+            ended_at: now.wall,
+            start_soc: soc,
+            end_soc: soc,
+            stop_reason: Some(reason),
+            detail: Some(detail),
+            energy_wh: None,
+            restore_failures: Vec::new(),
+        });
     }
 
     /// Answers every waiting "charge now" at once.
@@ -769,14 +837,19 @@ impl EngineCore {
                 battery_power_w,
                 charge_power_w,
             } => {
-                if let Some(reading) = soc
-                    && let Verdict::Hold { reading, last } =
-                        self.soc_filter.offer(reading, now.mono)
-                {
-                    soc = None;
-                    if let Some(more) = self.held_soc.allow(now.mono) {
-                        warn!(%reading, %last, more_since_last_warning = more,
-                            "held back an implausible SOC reading until the next one confirms it");
+                if let Some(reading) = soc {
+                    let verdict = self.soc_filter.offer(reading, now.mono);
+                    if let Verdict::Hold { reading, last } = verdict {
+                        soc = None;
+                        if let Some(more) = self.held_soc.allow(now.mono) {
+                            warn!(%reading, %last, more_since_last_warning = more,
+                                "held back an implausible SOC reading until the next one confirms it");
+                        }
+                    }
+                    if matches!(verdict, Verdict::Hold { .. }) || self.soc_filter.unconfirmed() {
+                        // Firmware >= 4.3 repeats no unchanged SOC: ask for the reading that
+                        // settles it rather than wait for the battery to move.
+                        self.ask_soc_again(now, fx);
                     }
                 }
                 if soc.is_some() {
@@ -859,6 +932,18 @@ impl EngineCore {
             self.last_refresh = Some(now.mono);
             fx.push(Effect::Refresh);
         }
+    }
+
+    /// Asks the dongle for its readings (at most once a minute).
+    fn ask_soc_again(&mut self, now: Now, fx: &mut Vec<Effect>) {
+        if self
+            .last_soc_check
+            .is_some_and(|t| now.mono.saturating_sub(t) < SOC_CHECK_INTERVAL)
+        {
+            return;
+        }
+        self.last_soc_check = Some(now.mono);
+        fx.push(Effect::Refresh);
     }
 
     fn on_command(&mut self, id: RequestId, cmd: Command, now: Now, fx: &mut Vec<Effect>) {

@@ -8,6 +8,12 @@
 //! confirms it, one consistent with the last accepted value discards it. So a real jump costs
 //! one message of delay, an outlier costs nothing, and ordinary readings (1 % at a time) are
 //! accepted at once, so a genuine reach of the target still stops within one message.
+//!
+//! After a long quiet spell (firmware >= 4.3 sends SOC only when it changes, so an idle
+//! battery may say nothing for hours) the time allowance lets any reading through, an outlier
+//! too. Such a far jump is accepted but remembered as unconfirmed: a next reading consistent
+//! with the value before it says the jump was the outlier, and is accepted in its place. The
+//! engine asks the dongle for a confirming reading meanwhile.
 
 use std::time::Duration;
 
@@ -46,6 +52,9 @@ pub struct SocFilter {
     rule: SocRule,
     last: Option<(Soc, Duration)>,
     held: Option<(Soc, Duration)>,
+    /// The last accepted reading was a far jump allowed only by the time since the one before:
+    /// that value, and when the jump came.
+    jumped_from: Option<(Soc, Duration)>,
 }
 
 impl SocFilter {
@@ -54,6 +63,7 @@ impl SocFilter {
             rule,
             last: None,
             held: None,
+            jumped_from: None,
         }
     }
 
@@ -63,10 +73,18 @@ impl SocFilter {
             return self.accept(reading, at);
         };
         if self.within(last, last_at, reading, at) {
-            return self.accept(reading, at);
+            let far = last.get().abs_diff(reading.get()) > self.rule.max_step;
+            let v = self.accept(reading, at);
+            self.jumped_from = far.then_some((last, at));
+            return v;
         }
         if let Some((held, held_at)) = self.held
             && self.within(held, held_at, reading, at)
+        {
+            return self.accept(reading, at);
+        }
+        if let Some((before, jump_at)) = self.jumped_from
+            && self.within(before, jump_at, reading, at)
         {
             return self.accept(reading, at);
         }
@@ -80,9 +98,15 @@ impl SocFilter {
         f64::from(from.get().abs_diff(to.get())) <= allowed
     }
 
+    /// Whether the last accepted reading is a far jump no reading has confirmed yet.
+    pub fn unconfirmed(&self) -> bool {
+        self.jumped_from.is_some()
+    }
+
     fn accept(&mut self, reading: Soc, at: Duration) -> Verdict {
         self.last = Some((reading, at));
         self.held = None;
+        self.jumped_from = None;
         Verdict::Accept(reading)
     }
 }
@@ -155,6 +179,34 @@ mod tests {
         let mut f = filter();
         f.offer(soc(30), secs(0));
         assert!(matches!(f.offer(soc(96), secs(1800)), Verdict::Hold { .. }));
+    }
+
+    #[test]
+    fn an_outlier_after_a_quiet_spell_gives_way_to_the_next_reading_that_agrees_with_the_old_value()
+    {
+        let mut f = filter();
+        f.offer(soc(56), secs(0));
+        // Eleven quiet hours: the allowance lets the outlier through, unconfirmed.
+        assert_eq!(f.offer(soc(4), secs(39_600)), Verdict::Accept(soc(4)));
+        assert!(f.unconfirmed());
+        // The next reading agrees with the value before it: the jump was the outlier.
+        assert_eq!(f.offer(soc(56), secs(39_690)), Verdict::Accept(soc(56)));
+        assert!(!f.unconfirmed());
+        assert_eq!(f.offer(soc(57), secs(39_780)), Verdict::Accept(soc(57)));
+    }
+
+    #[test]
+    fn a_real_jump_after_a_quiet_spell_is_confirmed_by_the_next_reading() {
+        let mut f = filter();
+        f.offer(soc(56), secs(0));
+        assert_eq!(f.offer(soc(20), secs(39_600)), Verdict::Accept(soc(20)));
+        assert_eq!(f.offer(soc(20), secs(39_690)), Verdict::Accept(soc(20)));
+        assert!(!f.unconfirmed());
+        // Confirmed: the old value is no longer a way back.
+        assert!(matches!(
+            f.offer(soc(56), secs(39_700)),
+            Verdict::Hold { .. }
+        ));
     }
 
     #[test]
