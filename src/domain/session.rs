@@ -169,6 +169,11 @@ pub enum StopReason {
     Stalled,
     WriteFailed,
     ExternalOverride,
+    /// A scheduled occurrence that charged nothing: SOC was already at the target.
+    Skipped,
+    /// A scheduled occurrence that did not run: the service was down or the clock moved past
+    /// it, or another charge was running.
+    Missed,
 }
 
 impl StopReason {
@@ -182,6 +187,8 @@ impl StopReason {
             StopReason::Stalled => "stalled",
             StopReason::WriteFailed => "write_failed",
             StopReason::ExternalOverride => "external_override",
+            StopReason::Skipped => "skipped",
+            StopReason::Missed => "missed",
         }
     }
 }
@@ -798,6 +805,7 @@ impl Session {
         self.ended_at = Some(now.wall);
         self.extra_writes.clear();
         self.stop_plan = stop_plan(&restore, self.restore_values().as_ref(), false);
+        self.note_unknown_before(&restore, false);
         self.stop_done = 0;
         self.rt.attempts = 0;
         self.rt.retry_at = None;
@@ -951,6 +959,8 @@ impl Session {
             self.touched.push(w.setting);
         }
         self.stop_plan = stop_plan(&self.touched, self.restore_values().as_ref(), self.charging);
+        let touched = self.touched.clone();
+        self.note_unknown_before(&touched, self.charging);
         if self.rt.params.sabotage == Sabotage::SkipRestore {
             self.stop_plan.retain(|w| w.setting == AC_CHARGE);
         }
@@ -962,6 +972,33 @@ impl Session {
         } else {
             Phase::Stopping
         };
+    }
+
+    /// Records, as restore failures, the settings this stop cannot put back because their
+    /// value before the charge was never read (the dongle sent no settings in time): the
+    /// windows go to 00:00 and AC charging stays off, which may not be how the owner had them.
+    fn note_unknown_before(&mut self, touched: &[String], charging: bool) {
+        let known = self.restore_values();
+        let switches_off = charging || touched.iter().any(|t| t == AC_CHARGE);
+        let unknown = touched
+            .iter()
+            .filter(|t| *t != AC_CHARGE)
+            .chain(switches_off.then_some(&AC_CHARGE.to_string()))
+            .filter(|t| known.as_ref().is_none_or(|k| !k.contains_key(*t)))
+            .cloned()
+            .collect::<Vec<_>>();
+        for t in unknown {
+            let left = if t == AC_CHARGE {
+                "off".to_string()
+            } else if is_window_setting(&t) {
+                "00:00".to_string()
+            } else {
+                "as the charge set it".to_string()
+            };
+            self.restore_failures.push(format!(
+                "{t}: its value before the charge was never read (the dongle sent no settings); left {left}"
+            ));
+        }
     }
 
     /// When the engine must look again at the latest (wall clock), besides new messages.
