@@ -113,7 +113,7 @@ pub enum Fault {
 
 impl Fault {
     /// Whether the dongle publishes and answers anything at all.
-    fn talks(&self) -> bool {
+    pub(crate) fn talks(&self) -> bool {
         !matches!(self, Fault::Silent | Fault::Offline)
     }
 }

@@ -1,39 +1,42 @@
-//! A deterministic simulator of charge nights: the real engine core ([`EngineCore`]) and the
-//! real state-file encoding, against the simulated inverter ([`Inverter`]) and a dongle whose
-//! every misbehaviour is drawn from one seeded generator, on a virtual clock.
+//! A deterministic simulator of charge nights: the real engine core ([`EngineCore`]), the real
+//! verified-write protocol ([`WriteProtocol`]), the real message routing and decoding of the
+//! dongle client and the real state-file encoding, against the simulated dongle
+//! ([`DongleModel`], the one the MQTT tests talk to) through a simulated broker, on a virtual
+//! clock, with every misbehaviour drawn from one seeded generator.
 //!
 //! Each night draws a time zone and a date (DST nights included), a battery, a dongle (legacy
 //! or >= 4.3 firmware; answers late, never, rejects, applies late, goes silent, reboots with
 //! AC charging off; SOC outliers), a schedule and user commands at random instants, broker
-//! drops, process crashes and graceful restarts at any step (the core rebuilt from the saved
-//! bytes and nothing else), clock jumps of +-1 h and NTP steps, and another app switching AC
-//! charging off. After every step the named invariants are checked; the first violation ends
-//! the night with a trace that [`run_night`] with `trace` replays exactly.
-//!
-//! The write layer here models what the dongle client reports (a write confirmed, refused,
-//! unanswered and read back, or not sent) with the spacing and timeouts of the real one.
+//! drops, message latency, process crashes and graceful restarts at any step (the core rebuilt
+//! from the saved bytes and nothing else), clock jumps of +-1 h and NTP steps, and another app
+//! switching AC charging off. After every step the named invariants are checked; the first
+//! violation ends the night with a trace that [`run_night`] with `trace` replays exactly.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde_json::Value;
 
+use crate::clock::ManualClock;
 use crate::domain::core::{
-    Command, CoreConfig, DongleInput, Effect, EngineCore, Freshness, Input, RequestId,
-    ScheduleInput, Settings,
+    Command, CoreConfig, DongleInput, Effect, EngineCore, Input, RequestId, ScheduleInput,
 };
+use crate::domain::schedule::{MISSED_GRACE, next_occurrence};
 use crate::domain::session::{
-    AC_CHARGE, ChargeParams, Now, Origin, Phase, Report, Sabotage, Session, StopReason, Write,
-    WriteResult,
+    AC_CHARGE, ChargeParams, Now, Origin, Phase, Sabotage, Session, StopReason, Write, WriteResult,
 };
 use crate::domain::soc_filter::SocRule;
 use crate::domain::state::{SessionRecord, State};
-use crate::domain::units::{LocalTime, Mode, SettingValue, Soc, TargetSoc};
-use crate::sim::inverter::{HoldValue, Inverter};
+use crate::domain::units::{Days, LocalTime, Mode, SettingValue, TargetSoc, TimeFormat};
+use crate::dongle::codec;
+use crate::dongle::input;
+use crate::dongle::protocol::{Inbound, Out, ProtocolConfig, Request, WriteProtocol};
+use crate::sim::dongle::model::DongleModel;
+use crate::sim::dongle::{Fault, Firmware, SimConfig};
+use crate::sim::inverter::HoldValue;
 use crate::store::{decode_state, encode_state};
 
 /// Zones with a DST gap or fold (Lord Howe moves by 30 minutes), and two without.
@@ -56,9 +59,13 @@ const DATES: [&str; 8] = [
     "2026-01-15",
     "2026-06-20",
 ];
+const PREFIX: &str = "dongle-40:4C:CA:00:00:01";
+// The config's defaults.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 const READBACK: Duration = Duration::from_secs(10);
 const WRITE_SPACING: Duration = Duration::from_secs(1);
+const MAX_RETRIES: u32 = 3;
+const CHECK_INTERVAL: Duration = Duration::from_secs(30);
 const SEC: Duration = Duration::from_secs(1);
 
 /// One broken rule, with what shows it.
@@ -125,11 +132,19 @@ enum Action {
     SetSchedule(ScheduleInput),
     Cancel,
     ChargeNow(TargetSoc),
-    Crash { down: Duration },
-    Restart { down: Duration },
+    Crash {
+        down: Duration,
+    },
+    Restart {
+        down: Duration,
+    },
     ClockJump(SignedDuration),
     Silent(Duration),
+    /// The dongle talks again after [`Action::Silent`].
+    Talks,
     RebootAcOff(Duration),
+    /// The dongle is back from [`Action::RebootAcOff`].
+    DongleBack,
     BrokerDrop(Duration),
     BrokerBack,
     SocOutlier(u8),
@@ -140,29 +155,43 @@ impl Action {
     fn is_fault(&self) -> bool {
         !matches!(
             self,
-            Action::SetSchedule(_) | Action::Cancel | Action::ChargeNow(_) | Action::BrokerBack
+            Action::SetSchedule(_)
+                | Action::Cancel
+                | Action::ChargeNow(_)
+                | Action::BrokerBack
+                | Action::Talks
+                | Action::DongleBack
         )
     }
 }
 
-/// How the dongle treats one write.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Treatment {
-    Answers,
-    Refuses,
-    /// No answer; it applies `after` anyway.
-    AppliesLate(Duration),
-    /// No answer, nothing applied.
-    Never,
+/// Which side of the broker a message is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Peer {
+    Service,
+    Dongle,
 }
 
-struct DongleWrite {
-    write: Write,
-    /// When the client reports the outcome.
-    due: Duration,
-    result: WriteResult,
-    /// When the inverter takes the value (if ever).
-    applies_at: Option<Duration>,
+/// A message on its way through the broker.
+struct InFlight {
+    at: Duration,
+    to: Peer,
+    topic: String,
+    payload: Vec<u8>,
+    retained: bool,
+}
+
+/// A schedule as it was set, to judge its occurrences at the end of the night.
+struct Instance {
+    created_at: Timestamp,
+    mode: Mode,
+    enabled: bool,
+    time: LocalTime,
+    days: Option<Days>,
+    /// Its first armed occurrence.
+    first: Option<Timestamp>,
+    /// The latest wall time the running service held it at.
+    until: Timestamp,
 }
 
 struct World {
@@ -170,41 +199,51 @@ struct World {
     trace: Option<Vec<String>>,
     tz: TimeZone,
     cfg: CoreConfig,
-    wall: Timestamp,
-    mono: Duration,
+    proto_cfg: ProtocolConfig,
+    clock: ManualClock,
     end: Duration,
-    inv: Inverter,
-    legacy: bool,
-    tel_every: Duration,
-    hold_every: Option<Duration>,
+    dongle: DongleModel,
     p_refuse: f64,
     p_late: f64,
     p_never: f64,
     core: Option<EngineCore>,
+    proto: Option<WriteProtocol>,
+    /// The service is in its ordered stop: what the core asks of the dongle is not carried out.
+    stopping: bool,
+    /// Inputs for the core, fed in order once the effects of the one before are carried out.
+    inbox: VecDeque<Input>,
+    feeding: bool,
     /// The state file, as the store writes it.
     disk: Option<Vec<u8>>,
-    history: Vec<SessionRecord>,
-    write: Option<DongleWrite>,
-    /// Writes the dongle will still apply though their answer is long gone.
-    late: Vec<(Duration, Write)>,
-    last_sent: Option<Duration>,
-    snapshot: Option<(Duration, Freshness)>,
-    /// A report of the settings to deliver (`setting/updated` or a snapshot's answer).
-    reports: Vec<(Duration, Report)>,
-    next_tel: Duration,
-    next_hold: Option<Duration>,
+    /// The last charge that ended (occurrence records aside).
+    last_charge: Option<SessionRecord>,
+    charge_ids: HashSet<String>,
+    /// Messages between the broker and its clients, by delivery instant (in order per peer).
+    wire: Vec<InFlight>,
+    last_at: [Duration; 2],
+    retained: BTreeMap<String, Vec<u8>>,
+    broker_up: bool,
+    service_connected: bool,
+    /// The dongle is rebooting until then.
+    dongle_off_until: Duration,
     actions: Vec<(Duration, Action)>,
     down_until: Option<Duration>,
-    silent_until: Duration,
-    broker_down_until: Duration,
-    outlier: Option<u8>,
     next_request: u64,
-    /// Once schedules (by creation instant) that started a charge, and recurring ones by
-    /// (creation instant, local date).
-    fired_once: HashMap<Timestamp, u32>,
-    fired_daily: HashMap<(Timestamp, jiff::civil::Date), u32>,
+    /// The write the core handed out, until its outcome comes back.
+    write_pending: Option<Write>,
+    last_update_sent: Option<Duration>,
+    instances: Vec<Instance>,
+    /// Outcomes per (instance, occurrence): a charge started, or the skip recorded.
+    outcomes: HashMap<(usize, Timestamp), u32>,
+    /// Missed records per instance: every occurrence from the first to the second instant.
+    missed: Vec<(usize, Timestamp, Timestamp)>,
+    /// Occurrence records of the last feed, judged once the schedule they belong to is known.
+    new_records: Vec<SessionRecord>,
+    once_fires: HashMap<usize, u32>,
     /// The session as last seen, to judge it when its record comes.
     last_session: Option<Session>,
+    /// The SOC the battery truly had when the last session began.
+    start_soc: u8,
     /// AC charging as the owner (or another app) wants it when no charge runs.
     ac_wanted: i64,
     charges: u64,
@@ -214,6 +253,9 @@ struct World {
     /// AC charging was switched by someone else and no report of the settings has reached
     /// the service since: it cannot know (a legacy dongle with hold polling off, say).
     ac_change_unreported: bool,
+    /// A charge's record says AC charging was not put back as found, and nobody has set it
+    /// since.
+    ac_lost: bool,
     /// A write landed after the client had given up on it and its session was over (the
     /// dongle applied it more than the read-back window late): nothing watches for that yet.
     stray_write: bool,
@@ -240,11 +282,11 @@ fn setting_of(h: &HoldValue) -> Option<SettingValue> {
     }
 }
 
-fn json_of(v: SettingValue) -> Value {
-    match v {
-        SettingValue::Int(n) => Value::from(n),
-        SettingValue::Time(t) => Value::from(format!("{t}:00")),
-    }
+/// Whether a charge's record says AC charging may not be back as found.
+fn ac_failure_recorded(r: &SessionRecord) -> bool {
+    r.stop_reason == Some(StopReason::WriteFailed)
+        || !r.restore_failures.is_empty()
+        || r.detail.as_deref().is_some_and(|d| d.contains("unknown"))
 }
 
 impl World {
@@ -266,19 +308,52 @@ impl World {
         let power_cap = capacity * max_pct_per_report / 100.0 * 3600.0 / tel_every.as_secs_f64();
         let power = rng.random_range(1_000.0..8_000.0_f64).min(power_cap);
         let soc = rng.random_range(5.0..95.0);
-        let mut inv = Inverter::new(soc, capacity, power, "FAAB");
-        let ac_before = rng.random_bool(0.15);
-        let _ = inv.set_hold("ACChgSOCLimit", HoldValue::Int(rng.random_range(10..=100)));
-        let _ = inv.set_hold("ACChargeType", HoldValue::Int(rng.random_range(0..=2)));
-        let _ = inv.set_hold("ACChgStart", HoldValue::Time(rng.random_range(0..24), 0));
-        let _ = inv.set_hold("ACChgEnd", HoldValue::Time(rng.random_range(0..24), 30));
-        let _ = inv.set_hold("ACCharge", HoldValue::Int(ac_before.into()));
         let legacy = rng.random_bool(0.5);
         let hold_every = if legacy && rng.random_bool(0.8) {
             Some(Duration::from_secs(rng.random_range(10..=300)))
         } else {
             None
         };
+        let mono0 = Duration::from_secs(10_000);
+        let clock = ManualClock::new(
+            evening
+                .checked_sub(SignedDuration::try_from(mono0).expect("mono0"))
+                .expect("origin"),
+        );
+        clock.advance(mono0);
+        let mut dongle = DongleModel::new(
+            SimConfig {
+                prefix: PREFIX.into(),
+                firmware: if legacy {
+                    Firmware::Legacy
+                } else {
+                    Firmware::V43
+                },
+                input_interval: tel_every,
+                hold_interval: hold_every,
+                status_interval: Duration::from_secs(300),
+                speed: 1.0,
+                initial_soc: soc,
+                capacity_wh: capacity,
+                max_charge_w: power,
+                idle_discharge_w: 0.0,
+                tz: tz.clone(),
+                ..SimConfig::default()
+            },
+            clock.clock(),
+        );
+        let ac_before = rng.random_bool(0.15);
+        for (name, value) in [
+            ("ACChgSOCLimit", HoldValue::Int(rng.random_range(10..=100))),
+            ("ACChargeType", HoldValue::Int(rng.random_range(0..=2))),
+            ("ACChgStart", HoldValue::Time(rng.random_range(0..24), 0)),
+            ("ACChgEnd", HoldValue::Time(rng.random_range(0..24), 30)),
+            ("ACCharge", HoldValue::Int(ac_before.into())),
+        ] {
+            dongle
+                .set_hold(name, value)
+                .expect("a register the model has");
+        }
         let cutoff = Duration::from_secs(rng.random_range(1..=8) * 3600);
         let params = ChargeParams {
             cutoff,
@@ -288,50 +363,60 @@ impl World {
         let cfg = CoreConfig {
             params,
             tz: tz.clone(),
-            check_interval: Duration::from_secs(30),
+            check_interval: CHECK_INTERVAL,
             soc_rule: SocRule::default(),
         };
-        let mono0 = Duration::from_secs(10_000);
         let end = mono0 + cutoff + Duration::from_secs(6 * 3600);
         let mut w = World {
             rng,
             trace: trace.then(Vec::new),
             tz,
             cfg,
-            wall: evening,
-            mono: mono0,
+            proto_cfg: ProtocolConfig {
+                write_timeout: WRITE_TIMEOUT,
+                min_write_interval: WRITE_SPACING,
+                readback_timeout: READBACK,
+                max_retries: MAX_RETRIES,
+                time_format: TimeFormat::default(),
+            },
+            clock,
             end,
-            inv,
-            legacy,
-            tel_every,
-            hold_every,
+            dongle,
             p_refuse: 0.0,
             p_late: 0.0,
             p_never: 0.0,
             core: None,
+            proto: None,
+            stopping: false,
+            inbox: VecDeque::new(),
+            feeding: false,
             disk: None,
-            history: Vec::new(),
-            write: None,
-            late: Vec::new(),
-            last_sent: None,
-            snapshot: None,
-            reports: Vec::new(),
-            next_tel: mono0,
-            next_hold: hold_every.map(|_| mono0),
+            last_charge: None,
+            charge_ids: HashSet::new(),
+            wire: Vec::new(),
+            last_at: [Duration::ZERO; 2],
+            retained: BTreeMap::new(),
+            broker_up: true,
+            service_connected: false,
+            dongle_off_until: Duration::ZERO,
             actions: Vec::new(),
             down_until: None,
-            silent_until: Duration::ZERO,
-            broker_down_until: Duration::ZERO,
-            outlier: None,
             next_request: 0,
-            fired_once: HashMap::new(),
-            fired_daily: HashMap::new(),
+            write_pending: None,
+            last_update_sent: None,
+            instances: Vec::new(),
+            outcomes: HashMap::new(),
+            missed: Vec::new(),
+            new_records: Vec::new(),
+            once_fires: HashMap::new(),
             last_session: None,
+            start_soc: 0,
             ac_wanted: ac_before.into(),
             charges: 0,
             faults: 0,
             pending_violation: None,
             ac_change_unreported: false,
+            ac_lost: false,
             stray_write: false,
         };
         // A dongle that mostly behaves, with a taste of every fault.
@@ -351,7 +436,7 @@ impl World {
         };
         // The owner's schedule, set in the first hour, for a start within the next six.
         let time = self
-            .wall
+            .wall()
             .checked_add(SignedDuration::from_secs(
                 self.rng.random_range(60..6 * 3600),
             ))
@@ -416,60 +501,71 @@ impl World {
 
     fn log(&mut self, what: impl FnOnce() -> String) {
         if let Some(t) = &mut self.trace {
-            let local = self.wall.to_zoned_datetime(self.tz.clone());
+            let now = self.clock.clock().now();
+            let local = now.to_zoned_datetime(self.tz.clone());
+            let mono = self.clock.clock().mono().0;
             t.push(format!(
-                "{} {} | {}",
+                "{} {}.{:03} | {}",
                 local.strftime("%Y-%m-%d %H:%M:%S %Z"),
-                (self.mono.as_secs()),
+                mono.as_secs(),
+                mono.subsec_millis(),
                 what()
             ));
         }
     }
 
+    fn wall(&self) -> Timestamp {
+        self.clock.clock().now()
+    }
+
+    fn mono(&self) -> Duration {
+        self.clock.clock().mono().0
+    }
+
     fn now(&self) -> Now {
         Now {
-            wall: self.wall,
-            mono: self.mono,
+            wall: self.wall(),
+            mono: self.mono(),
         }
     }
 
-    fn talks(&self) -> bool {
-        self.mono >= self.silent_until && self.mono >= self.broker_down_until
-    }
-
-    /// Lets time pass to `t`, the battery with it.
     fn advance_to(&mut self, t: Duration) {
-        if t > self.mono {
-            let dt = t - self.mono;
-            self.inv.run_for(self.wall, dt, 1.0, &self.tz);
-            self.wall = self
-                .wall
-                .checked_add(SignedDuration::try_from(dt).expect("dt"))
-                .expect("wall");
-            self.mono = t;
+        let now = self.mono();
+        if t > now {
+            self.clock.advance(t - now);
         }
+    }
+
+    fn charging_phase(&self) -> bool {
+        self.core.as_ref().is_some_and(|c| {
+            c.session()
+                .is_some_and(|s| matches!(s.phase, Phase::Starting | Phase::Charging))
+        })
     }
 
     fn run(&mut self) -> Option<Violation> {
+        self.dongle_connect();
         self.boot();
         let mut steps = 0u32;
         let mut same_instant = 0u32;
         loop {
             steps += 1;
-            if steps > 200_000 || same_instant > 1_000 {
+            if steps > 400_000 || same_instant > 1_000 {
+                let now = self.now();
                 let why = self.core.as_ref().map(|c| {
                     (
-                        c.next_wake(self.now()),
+                        c.next_wake(now),
                         c.session()
                             .map(|s| (s.phase, s.next_mono_deadline(), s.in_flight.clone())),
-                        self.mono,
-                        self.write.as_ref().map(|w| w.due),
+                        now.mono,
+                        self.proto.as_ref().and_then(WriteProtocol::next_deadline),
+                        self.dongle.next_event(),
                     )
                 });
                 return Some(Violation {
                     invariant: "progress",
                     detail: format!(
-                        "{steps} steps, {same_instant} at one instant: the engine spins; (wake, session, now, write due) = {why:?}"
+                        "{steps} steps, {same_instant} at one instant: the engine spins; (wake, session, now, protocol, dongle) = {why:?}"
                     ),
                 });
             }
@@ -477,20 +573,27 @@ impl World {
                 self.log(|| format!("VIOLATION {}: {}", v.invariant, v.detail));
                 return Some(v);
             }
-            let horizon = self.wall + SignedDuration::from_hours(12);
-            let done = self.mono >= self.end
+            let horizon = self.wall() + SignedDuration::from_hours(12);
+            let done = self.mono() >= self.end
                 || (self.actions.is_empty()
-                    && self.late.is_empty()
+                    && self.dongle.late_writes() == 0
                     && self.core.as_ref().is_some_and(|c| {
                         c.session().is_none()
                             && c.schedule()
                                 .is_none_or(|s| s.next_run.is_none_or(|t| t > horizon))
                     }));
             if done {
-                return None;
+                let v = self
+                    .pending_violation
+                    .take()
+                    .or_else(|| self.judge_occurrences());
+                if let Some(v) = &v {
+                    self.log(|| format!("VIOLATION {}: {}", v.invariant, v.detail));
+                }
+                return v;
             }
             let next = self.next_instant();
-            same_instant = if next == self.mono {
+            same_instant = if next == self.mono() {
                 same_instant + 1
             } else {
                 0
@@ -501,178 +604,298 @@ impl World {
     }
 
     fn next_instant(&self) -> Duration {
+        let mono = self.mono();
         let mut t = self.end;
         let mut consider = |x: Duration| t = t.min(x);
-        if let Some((a, _)) = self.actions.first() {
+        if !self.stopping
+            && let Some((a, _)) = self.actions.first()
+        {
             consider(*a);
+        }
+        consider(self.dongle.next_event().0);
+        if let Some(m) = self.wire.first() {
+            consider(m.at);
         }
         if let Some(d) = self.down_until {
             consider(d);
-        } else if let Some(core) = &self.core {
-            consider(self.mono + core.next_wake(self.now()));
-            consider(self.next_tel);
-            if let Some(h) = self.next_hold {
-                consider(h);
-            }
-            if let Some(w) = &self.write {
-                consider(w.due);
-            }
-            if let Some((s, _)) = self.snapshot {
-                consider(s);
-            }
-            for (r, _) in &self.reports {
-                consider(*r);
-            }
         }
-        for (l, _) in &self.late {
-            consider(*l);
+        if let Some(core) = &self.core {
+            consider(mono + core.next_wake(self.now()));
         }
-        t.max(self.mono)
+        if let Some(d) = self.proto.as_ref().and_then(WriteProtocol::next_deadline) {
+            consider(d);
+        }
+        t.max(mono)
     }
 
     fn step(&mut self) {
-        let now = self.mono;
-        // Late writes land whatever the service is doing.
-        let (due, later): (Vec<_>, Vec<_>) = self.late.drain(..).partition(|(t, _)| *t <= now);
-        self.late = later;
-        for (_, w) in due {
-            let over = self.core.as_ref().is_none_or(|c| {
-                c.session()
-                    .is_none_or(|s| !matches!(s.phase, Phase::Starting | Phase::Charging))
-            });
-            if over {
+        let now = self.mono();
+        self.dongle.catch_up();
+        // The dongle lives on whatever the service is doing; late writes land.
+        if self.dongle.next_event().0 <= now {
+            let late = self.dongle.late_writes();
+            self.dongle.on_timer();
+            if self.dongle.late_writes() < late && !self.charging_phase() {
                 self.stray_write = true;
-                self.log(|| {
-                    format!(
-                        "a late write lands after its charge: {}={}",
-                        w.setting, w.value
-                    )
-                });
+                self.log(|| "a late write lands after its charge".into());
             }
-            self.apply(&w);
+            self.flush_dongle();
         }
         if self.down_until.is_some_and(|d| d <= now) {
             self.down_until = None;
             self.boot();
         }
-        while self.actions.first().is_some_and(|(t, _)| *t <= now) {
+        while !self.stopping && self.actions.first().is_some_and(|(t, _)| *t <= now) {
             let (_, a) = self.actions.remove(0);
             self.act(a);
         }
-        if self.core.is_none() {
-            return;
+        while self.wire.first().is_some_and(|m| m.at <= now) {
+            let m = self.wire.remove(0);
+            self.deliver(m);
         }
-        if self.write.as_ref().is_some_and(|w| w.due <= now) {
-            let w = self.write.take().expect("write");
-            if w.applies_at.is_some_and(|t| t <= now) {
-                self.apply(&w.write);
-            } else if let Some(t) = w.applies_at {
-                self.late.push((t, w.write.clone()));
-            }
-            self.log(|| {
-                format!(
-                    "write {}={} -> {:?}",
-                    w.write.setting, w.write.value, w.result
-                )
-            });
-            let result = w.result.clone();
-            let confirmed = result == WriteResult::Confirmed;
-            let session = self.core.as_ref().and_then(|c| c.session().cloned());
-            self.feed(Input::WriteDone(result));
-            if confirmed && !self.legacy {
-                self.reports.push((self.mono, Report::Confirmed));
-            }
-            if confirmed
-                && w.write.setting == AC_CHARGE
-                && w.write.value == SettingValue::Int(0)
-                && let Some(s) = session
-                && s.stop_reason == Some(StopReason::TargetReached)
-                // A target lowered below the SOC, or a start before any SOC was known (the
-                // first report then ends it), is no overshoot.
-                && !s.detail.as_deref().is_some_and(|d| d.contains("new target"))
-                && s.start_soc.is_some_and(|soc| soc.get() < s.target.get())
-                && self.inv.reported_soc() > s.target.get() + 1
-            {
-                self.pending_violation.get_or_insert(Violation {
-                    invariant: "overshoot-at-most-1",
-                    detail: format!(
-                        "AC charging went off at SOC {} for a target of {}",
-                        self.inv.reported_soc(),
-                        s.target
-                    ),
-                });
-            }
-        }
-        if let Some((t, fresh)) = self.snapshot
-            && t <= now
+        if let Some(p) = &mut self.proto
+            && p.next_deadline().is_some_and(|d| d <= now)
         {
-            self.snapshot = None;
-            let snap = (self.talks() || fresh == Freshness::Cached).then(|| self.settings());
-            self.log(|| format!("snapshot ({fresh:?}) answered: {}", snap.is_some()));
-            self.feed(Input::SnapshotDone(snap));
-        }
-        let (due, later): (Vec<_>, Vec<_>) = self.reports.drain(..).partition(|(t, _)| *t <= now);
-        self.reports = later;
-        for (_, report) in due {
-            if self.talks() {
-                self.report_settings(report);
-            }
-        }
-        if self.next_hold.is_some_and(|h| h <= now) {
-            self.next_hold = self.hold_every.map(|e| now + e);
-            if self.talks() {
-                self.report_settings(Report::Polled);
-            }
-        }
-        if self.next_tel <= now {
-            self.next_tel = now + self.tel_every;
-            if self.talks() {
-                let soc = self.outlier.take().unwrap_or(self.inv.reported_soc());
-                let p = self.inv.charge_power_w();
-                self.feed(Input::Dongle(DongleInput::Telemetry {
-                    soc: Soc::new(soc),
-                    battery_power_w: Some(p),
-                    charge_power_w: Some(p),
-                }));
-            }
+            let out = p.on_timer(now);
+            self.carry_out(out);
         }
         self.feed(Input::Tick);
     }
 
-    fn settings(&self) -> Settings {
-        self.cfg
-            .params
-            .settings()
-            .iter()
-            .filter_map(|s| Some((s.clone(), setting_of(self.inv.hold(s)?)?)))
-            .collect()
+    // ---- the broker --------------------------------------------------------------------------
+
+    /// Hands a message to the broker for `to`, after a latency; in order per client.
+    fn send(&mut self, to: Peer, topic: String, payload: Vec<u8>, retained: bool) {
+        let i = to as usize;
+        let latency = Duration::from_millis(self.rng.random_range(2..300));
+        let at = (self.mono() + latency).max(self.last_at[i]);
+        self.last_at[i] = at;
+        let pos = self.wire.partition_point(|m| m.at <= at);
+        self.wire.insert(
+            pos,
+            InFlight {
+                at,
+                to,
+                topic,
+                payload,
+                retained,
+            },
+        );
     }
 
-    fn report_settings(&mut self, report: Report) {
-        // A report counts as seen only where the core acts on it: while a charge starts or
-        // runs (a stop's own restore is not another app's change).
-        let heeded = self.core.as_ref().is_some_and(|c| {
-            c.session()
-                .is_some_and(|s| matches!(s.phase, Phase::Starting | Phase::Charging))
+    /// What the dongle published goes to the broker.
+    fn flush_dongle(&mut self) {
+        for m in self.dongle.take_outbox() {
+            if !self.broker_up {
+                continue;
+            }
+            if m.retain {
+                self.retained.insert(m.topic.clone(), m.payload.clone());
+            }
+            if self.service_connected {
+                self.send(Peer::Service, m.topic, m.payload, false);
+            }
+        }
+    }
+
+    fn deliver(&mut self, m: InFlight) {
+        match m.to {
+            Peer::Dongle => {
+                if !self.dongle.connected() {
+                    return;
+                }
+                if m.topic.ends_with("/update") {
+                    self.plan_write_treatment();
+                }
+                self.dongle.receive(&m.topic, &m.payload);
+                self.flush_dongle();
+            }
+            Peer::Service => {
+                if self.service_connected && self.core.is_some() {
+                    self.to_service(&m.topic, &m.payload, m.retained);
+                }
+            }
+        }
+    }
+
+    /// How the dongle takes the write that is arriving.
+    fn plan_write_treatment(&mut self) {
+        let x: f64 = self.rng.random();
+        let fault = if x < self.p_refuse {
+            Fault::RejectWrites
+        } else if x < self.p_refuse + self.p_late {
+            Fault::LateApply {
+                delay: Duration::from_secs(self.rng.random_range(5..40)),
+            }
+        } else if x < self.p_refuse + self.p_late + self.p_never {
+            Fault::Silent
+        } else {
+            return;
+        };
+        self.log(|| format!("the dongle will take the next write as {fault:?}"));
+        self.dongle.treat_next_write(fault);
+    }
+
+    /// A message reaches the service: decoded and routed as the MQTT client does, the write
+    /// protocol and the engine hearing it in either order.
+    fn to_service(&mut self, topic: &str, payload: &[u8], retained: bool) {
+        self.log(|| {
+            let text = String::from_utf8_lossy(payload);
+            format!(
+                "heard {topic}{}: {:.160}",
+                if retained { " (retained)" } else { "" },
+                text
+            )
         });
-        if heeded {
+        let suffix = topic
+            .strip_prefix(PREFIX)
+            .and_then(|s| s.strip_prefix('/'))
+            .unwrap_or_default()
+            .to_string();
+        let (for_protocol, for_core) = match codec::decode(PREFIX, topic, payload) {
+            Ok(message) => {
+                let r = input::route(message, retained);
+                (r.protocol, r.engine.map(|m| input::to_core(m).0))
+            }
+            Err(_) => (None, Some(DongleInput::Other)),
+        };
+        let protocol_first = self.rng.random_bool(0.5);
+        if !protocol_first && let Some(i) = for_core.clone() {
+            self.to_core(i);
+        }
+        let now = self.mono();
+        if let Some(message) = for_protocol
+            && let Some(p) = &mut self.proto
+        {
+            let out = p.on_message(
+                Inbound {
+                    suffix: &suffix,
+                    retained,
+                    message: &message,
+                },
+                now,
+            );
+            self.carry_out(out);
+        }
+        if protocol_first && let Some(i) = for_core {
+            self.to_core(i);
+        }
+    }
+
+    fn to_core(&mut self, input: DongleInput) {
+        if matches!(input, DongleInput::Settings { .. }) && self.charging_phase() {
+            // Seen where the core acts on it: while a charge starts or runs (a stop's own
+            // restore is not another app's change).
             self.ac_change_unreported = false;
         }
-        let values = self
-            .settings()
-            .into_iter()
-            .map(|(k, v)| (k, Some(v)))
-            .collect();
-        self.feed(Input::Dongle(DongleInput::Settings {
-            values,
-            report,
-            firmware_code: None,
-        }));
+        self.feed(Input::Dongle(input));
     }
 
-    fn apply(&mut self, w: &Write) {
-        let _ = self.inv.write(&w.setting, &json_of(w.value));
+    /// Publishes and answers what the write protocol says, as the client does.
+    fn carry_out(&mut self, out: Vec<Out>) {
+        for o in out {
+            match o {
+                Out::Publish { suffix, payload } => {
+                    let now = self.mono();
+                    if suffix == "update" {
+                        if let Some(last) = self.last_update_sent
+                            && now < last + WRITE_SPACING
+                        {
+                            self.pending_violation.get_or_insert(Violation {
+                                invariant: "one-write-in-flight",
+                                detail: format!(
+                                    "two writes {:?} apart on the wire",
+                                    now.saturating_sub(last)
+                                ),
+                            });
+                        }
+                        self.last_update_sent = Some(now);
+                    }
+                    self.log(|| format!("publish {suffix} {}", String::from_utf8_lossy(&payload)));
+                    if self.service_connected {
+                        self.send(Peer::Dongle, format!("{PREFIX}/{suffix}"), payload, false);
+                    }
+                }
+                Out::WriteDone(result) => self.write_done(result),
+                Out::SnapshotDone(snap) => {
+                    self.log(|| format!("snapshot answered: {}", snap.is_some()));
+                    self.feed(Input::SnapshotDone(snap));
+                }
+            }
+        }
     }
+
+    fn write_done(&mut self, result: WriteResult) {
+        let Some(w) = self.write_pending.take() else {
+            return;
+        };
+        self.log(|| format!("write {}={} -> {result:?}", w.setting, w.value));
+        let confirmed = result == WriteResult::Confirmed;
+        let session = self.core.as_ref().and_then(|c| c.session().cloned());
+        self.feed(Input::WriteDone(result));
+        let soc = self.dongle.inverter().reported_soc();
+        if confirmed
+            && w.setting == AC_CHARGE
+            && w.value == SettingValue::Int(0)
+            && let Some(s) = session
+            && s.stop_reason == Some(StopReason::TargetReached)
+            // A target lowered below the SOC, or a start before any SOC was known (the first
+            // report then ends it), is no overshoot.
+            && !s.detail.as_deref().is_some_and(|d| d.contains("new target"))
+            && s.start_soc.is_some_and(|start| start.get() < s.target.get())
+            // Above the target or, when the battery truly held more at the start than the
+            // service believed, above that.
+            && soc > s.target.get().max(self.start_soc) + 1
+        {
+            self.pending_violation.get_or_insert(Violation {
+                invariant: "overshoot-at-most-1",
+                detail: format!(
+                    "AC charging went off at SOC {soc} for a target of {}",
+                    s.target
+                ),
+            });
+        }
+    }
+
+    fn dongle_connect(&mut self) {
+        if self.broker_up && self.mono() >= self.dongle_off_until && !self.dongle.connected() {
+            self.dongle.on_connected();
+            self.flush_dongle();
+        }
+    }
+
+    fn service_connect(&mut self) {
+        if !self.broker_up || self.core.is_none() || self.service_connected {
+            return;
+        }
+        self.service_connected = true;
+        if let Some(p) = &mut self.proto {
+            p.set_connected(true);
+        }
+        for (suffix, payload) in input::on_connect() {
+            self.send(Peer::Dongle, format!("{PREFIX}/{suffix}"), payload, false);
+        }
+        let retained: Vec<_> = self
+            .retained
+            .iter()
+            .map(|(t, p)| (t.clone(), p.clone()))
+            .collect();
+        for (topic, payload) in retained {
+            self.send(Peer::Service, topic, payload, true);
+        }
+        self.feed(Input::Dongle(DongleInput::Connected(true)));
+    }
+
+    /// The service's connection is gone: what was on its way to it is lost.
+    fn service_gone(&mut self) {
+        self.service_connected = false;
+        if let Some(p) = &mut self.proto {
+            p.set_connected(false);
+        }
+        self.wire.retain(|m| m.to != Peer::Service);
+    }
+
+    // ---- the service -------------------------------------------------------------------------
 
     fn boot(&mut self) {
         let state = match &self.disk {
@@ -680,12 +903,12 @@ impl World {
             None => State::default(),
         };
         self.log(|| "boot".into());
-        self.core = Some(EngineCore::new(self.cfg.clone(), state, self.wall));
-        self.write = None;
-        self.snapshot = None;
-        self.reports.clear();
-        let connected = self.mono >= self.broker_down_until;
-        self.feed(Input::Boot { connected });
+        self.core = Some(EngineCore::new(self.cfg.clone(), state, self.wall()));
+        self.proto = Some(WriteProtocol::new(self.proto_cfg.clone()));
+        self.write_pending = None;
+        self.stopping = false;
+        self.feed(Input::Boot { connected: false });
+        self.service_connect();
     }
 
     fn act(&mut self, a: Action) {
@@ -694,6 +917,7 @@ impl World {
         }
         self.log(|| format!("action {a:?}"));
         let up = self.core.is_some();
+        let mono = self.mono();
         match a {
             Action::SetSchedule(input) if up => self.command(Command::SetSchedule(input)),
             Action::Cancel if up => self.command(Command::CancelSchedule),
@@ -702,71 +926,109 @@ impl World {
             Action::Crash { down } => {
                 if up {
                     // Nothing more is saved; a write already sent may still apply.
-                    if let Some(w) = self.write.take()
-                        && let Some(t) = w.applies_at
-                    {
-                        self.late.push((t, w.write));
-                    }
                     self.core = None;
-                    self.down_until = Some(self.mono + down);
+                    self.proto = None;
+                    self.service_gone();
+                    self.write_pending = None;
+                    self.inbox.clear();
+                    self.down_until = Some(mono + down);
                 }
             }
             Action::Restart { down } => {
                 if up {
-                    // The ordered stop: the write in flight gets its answer or its timeout.
-                    if let Some(w) = self.write.as_ref() {
-                        let until = w.due.min(self.mono + WRITE_TIMEOUT + SEC);
-                        self.advance_to(until);
-                        let w = self.write.take().expect("write");
-                        if w.due <= self.mono
-                            && matches!(w.result, WriteResult::Confirmed | WriteResult::Rejected(_))
-                        {
-                            if w.applies_at.is_some_and(|t| t <= self.mono) {
-                                self.apply(&w.write);
-                            }
-                            self.feed_stopping(Input::WriteDone(w.result.clone()));
-                        } else if let Some(t) = w.applies_at {
-                            self.late.push((t, w.write));
-                        }
-                    }
-                    self.feed_stopping(Input::Flush);
-                    self.core = None;
-                    self.down_until = Some(self.mono + down);
+                    self.ordered_stop();
+                    self.down_until = Some(self.mono() + down);
                 }
             }
-            Action::ClockJump(d) => {
-                self.wall = self.wall.checked_add(d).expect("jump");
+            Action::ClockJump(d) => self.clock.jump(d),
+            Action::Silent(d) => {
+                self.dongle.set_fault(Fault::Silent);
+                self.later(d, Action::Talks);
             }
-            Action::Silent(d) => self.silent_until = self.mono + d,
+            Action::Talks => {
+                self.dongle.set_fault(Fault::None);
+                self.flush_dongle();
+            }
             Action::RebootAcOff(d) => {
-                self.silent_until = self.mono + d;
-                let _ = self.inv.set_hold("ACCharge", HoldValue::Int(0));
+                if self.dongle.connected() {
+                    self.dongle.on_disconnected();
+                    // The broker publishes the dongle's last will.
+                    let topic = format!("{PREFIX}/availability");
+                    self.retained.insert(topic.clone(), b"offline".to_vec());
+                    if self.service_connected {
+                        self.send(Peer::Service, topic, b"offline".to_vec(), false);
+                    }
+                }
+                self.dongle
+                    .set_hold(AC_CHARGE, HoldValue::Int(0))
+                    .expect("ACCharge");
+                self.flush_dongle();
                 self.ac_wanted = 0;
+                self.ac_lost = false;
                 self.ac_change_unreported = true;
+                self.dongle_off_until = mono + d;
+                self.later(d, Action::DongleBack);
             }
+            Action::DongleBack => self.dongle_connect(),
             Action::BrokerDrop(d) => {
-                self.broker_down_until = self.mono + d;
-                if up {
+                self.broker_up = false;
+                self.dongle.on_disconnected();
+                if self.service_connected {
+                    self.service_gone();
                     self.feed(Input::Dongle(DongleInput::Connected(false)));
                 }
-                self.actions.push((self.mono + d, Action::BrokerBack));
-                self.actions.sort_by_key(|(t, _)| *t);
+                self.wire.clear();
+                self.later(d, Action::BrokerBack);
             }
             Action::BrokerBack => {
-                if up {
-                    self.feed(Input::Dongle(DongleInput::Connected(true)));
+                self.broker_up = true;
+                if self.rng.random_bool(0.5) {
+                    self.dongle_connect();
+                    self.service_connect();
+                } else {
+                    self.service_connect();
+                    self.dongle_connect();
                 }
             }
-            Action::SocOutlier(s) => self.outlier = Some(s),
+            Action::SocOutlier(s) => self.dongle.glitch_soc(s),
             Action::OtherAppAcOff => {
-                let _ = self.inv.set_hold("ACCharge", HoldValue::Int(0));
+                self.dongle
+                    .set_hold(AC_CHARGE, HoldValue::Int(0))
+                    .expect("ACCharge");
+                self.flush_dongle();
                 self.ac_wanted = 0;
+                self.ac_lost = false;
                 self.ac_change_unreported = true;
-                if !self.legacy && self.talks() {
-                    self.reports.push((self.mono, Report::Confirmed));
-                }
             }
         }
+    }
+
+    fn later(&mut self, after: Duration, a: Action) {
+        let at = self.mono() + after;
+        let pos = self.actions.partition_point(|(t, _)| *t <= at);
+        self.actions.insert(pos, (at, a));
+    }
+
+    /// The ordered stop: the write in flight gets its answer or its timeout (the world goes
+    /// on meanwhile, no new request goes out), the state is saved, the process ends.
+    fn ordered_stop(&mut self) {
+        self.stopping = true;
+        let limit = self.mono() + WRITE_TIMEOUT + SEC;
+        // The engine's own wait is bounded by the clock; a core that spins at one instant
+        // (which the main loop reports) must not hang the simulator here.
+        let mut steps = 0;
+        while self.write_pending.is_some() && self.mono() < limit && steps < 10_000 {
+            let next = self.next_instant().min(limit);
+            self.advance_to(next);
+            self.step();
+            steps += 1;
+        }
+        self.feed(Input::Flush);
+        self.core = None;
+        self.proto = None;
+        self.service_gone();
+        self.write_pending = None;
+        self.stopping = false;
     }
 
     fn command(&mut self, cmd: Command) {
@@ -775,191 +1037,159 @@ impl World {
         self.feed(Input::Command(id, cmd));
     }
 
-    /// Feeds the core during an ordered stop: what it asks of the dongle is not carried out.
-    fn feed_stopping(&mut self, input: Input) {
-        let Some(core) = &mut self.core else { return };
-        let now = Now {
-            wall: self.wall,
-            mono: self.mono,
-        };
-        let fx = core.handle(input, now);
-        for e in fx {
-            if let Effect::Save { state, .. } = e {
-                self.disk = Some(encode_state(&state));
-            }
+    /// Feeds the core one input and carries out its effects, as the engine does; inputs that
+    /// arise meanwhile (a write's outcome) wait for the effects before them.
+    fn feed(&mut self, input: Input) {
+        self.inbox.push_back(input);
+        if self.feeding {
+            return;
         }
+        self.feeding = true;
+        let mut inputs = 0u32;
+        while let Some(input) = self.inbox.pop_front() {
+            inputs += 1;
+            if inputs > 10_000 {
+                self.pending_violation.get_or_insert(Violation {
+                    invariant: "progress",
+                    detail: format!(
+                        "the core and the write protocol answer each other without end (last: {input:?})"
+                    ),
+                });
+                self.inbox.clear();
+                break;
+            }
+            let now = self.now();
+            let Some(core) = &mut self.core else {
+                self.inbox.clear();
+                break;
+            };
+            let mut queue: VecDeque<Effect> = core.handle(input, now).into();
+            while let Some(e) = queue.pop_front() {
+                for more in self.perform(e, now).into_iter().rev() {
+                    queue.push_front(more);
+                }
+            }
+            self.observe();
+        }
+        self.feeding = false;
     }
 
-    fn feed(&mut self, input: Input) {
-        let now = self.now();
-        let Some(core) = &mut self.core else { return };
-        let mut queue: std::collections::VecDeque<Effect> = core.handle(input, now).into();
-        while let Some(e) = queue.pop_front() {
-            match e {
-                Effect::Write(w) => self.send(w),
-                Effect::Snapshot { fresh, .. } => {
-                    let due = match fresh {
-                        Freshness::Cached => self.mono,
-                        Freshness::Read if self.legacy => {
-                            self.mono + READBACK.min(self.hold_every.unwrap_or(READBACK))
-                        }
-                        Freshness::Read => self.mono + SEC,
-                    };
-                    self.snapshot = Some((due, fresh));
+    fn perform(&mut self, e: Effect, now: Now) -> Vec<Effect> {
+        match e {
+            Effect::Write(w) if !self.stopping => {
+                if let Some(p) = &self.write_pending {
+                    self.pending_violation.get_or_insert(Violation {
+                        invariant: "one-write-in-flight",
+                        detail: format!(
+                            "{}={} handed out while {}={} is unanswered",
+                            w.setting, w.value, p.setting, p.value
+                        ),
+                    });
                 }
-                Effect::Refresh => {
-                    if !self.legacy {
-                        self.reports.push((self.mono + SEC, Report::Polled));
-                    }
+                self.write_pending = Some(w.clone());
+                self.request(Request::Write {
+                    setting: w.setting,
+                    value: w.value,
+                });
+            }
+            Effect::Snapshot { settings, fresh } if !self.stopping => {
+                self.request(Request::Snapshot { settings, fresh })
+            }
+            Effect::Refresh if !self.stopping => self.request(Request::Refresh),
+            Effect::Write(_) | Effect::Snapshot { .. } | Effect::Refresh => {}
+            Effect::Save { state, ticket } => {
+                self.disk = Some(encode_state(&state));
+                if let Some(ticket) = ticket
+                    && let Some(core) = self.core.as_mut()
+                {
+                    return core.handle(
+                        Input::SaveDone {
+                            ticket,
+                            result: Ok(()),
+                        },
+                        now,
+                    );
                 }
-                Effect::Save { state, ticket } => {
-                    self.disk = Some(encode_state(&state));
-                    if let Some(ticket) = ticket {
-                        let core = self.core.as_mut().expect("up");
-                        let more = core.handle(
-                            Input::SaveDone {
-                                ticket,
-                                result: Ok(()),
-                            },
-                            now,
-                        );
-                        for m in more.into_iter().rev() {
-                            queue.push_front(m);
-                        }
-                    }
-                }
-                Effect::History(r) => {
+            }
+            Effect::History(r) => {
+                self.log(|| format!("recorded: {:?} {:?}", r.stop_reason, r.detail));
+                if matches!(
+                    r.stop_reason,
+                    Some(StopReason::Missed | StopReason::Skipped)
+                ) {
+                    self.new_records.push(r);
+                } else {
                     self.charges += 1;
-                    self.log(|| format!("ended: {:?} {:?}", r.stop_reason, r.detail));
                     if let Some(v) = self.judge_end(&r) {
                         self.pending_violation.get_or_insert(v);
                     }
-                    self.history.push(r);
-                }
-                Effect::Reply(..) => {}
-            }
-        }
-        self.observe();
-    }
-
-    fn send(&mut self, w: Write) {
-        if self.write.is_some() {
-            self.pending_violation.get_or_insert(Violation {
-                invariant: "one-write-in-flight",
-                detail: format!(
-                    "{}={} handed out while another write is unanswered",
-                    w.setting, w.value
-                ),
-            });
-            return;
-        }
-        let sent = self
-            .last_sent
-            .map_or(self.mono, |l| self.mono.max(l + WRITE_SPACING));
-        self.log(|| format!("send {}={}", w.setting, w.value));
-        if self.mono < self.broker_down_until {
-            self.write = Some(DongleWrite {
-                write: w,
-                due: self.mono,
-                result: WriteResult::NotSent("not connected to the MQTT broker".into()),
-                applies_at: None,
-            });
-            return;
-        }
-        self.last_sent = Some(sent);
-        let silent = sent < self.silent_until;
-        let treatment = if silent {
-            Treatment::Never
-        } else {
-            let x: f64 = self.rng.random();
-            if x < self.p_refuse {
-                Treatment::Refuses
-            } else if x < self.p_refuse + self.p_late {
-                Treatment::AppliesLate(Duration::from_secs(self.rng.random_range(5..40)))
-            } else if x < self.p_refuse + self.p_late + self.p_never {
-                Treatment::Never
-            } else {
-                Treatment::Answers
-            }
-        };
-        let latency = Duration::from_millis(self.rng.random_range(20..2000));
-        let valid = self
-            .inv
-            .clone()
-            .write(&w.setting, &json_of(w.value))
-            .is_ok();
-        let unanswered = sent + WRITE_TIMEOUT + READBACK;
-        let (due, result, applies_at) = match treatment {
-            Treatment::Answers if valid => {
-                (sent + latency, WriteResult::Confirmed, Some(sent + latency))
-            }
-            Treatment::Answers | Treatment::Refuses => (
-                sent + latency,
-                WriteResult::Rejected("the dongle answered \"error\"".into()),
-                None,
-            ),
-            Treatment::AppliesLate(after) if valid => {
-                let at = sent + after;
-                // The client reads it back after its timeout: seen in time, it is confirmed.
-                if at <= unanswered {
-                    (
-                        at.max(sent + WRITE_TIMEOUT),
-                        WriteResult::Confirmed,
-                        Some(at),
-                    )
-                } else {
-                    (
-                        unanswered,
-                        WriteResult::Unknown("no answer and no read-back".into()),
-                        Some(at),
-                    )
+                    self.charge_ids.insert(r.id.clone());
+                    if r.restore_failures.iter().any(|f| f.starts_with(AC_CHARGE)) {
+                        // The history says AC charging was not put back: from here the
+                        // owner's wish is unknown to the service until someone sets it again.
+                        self.ac_lost = true;
+                    }
+                    self.last_charge = Some(r);
                 }
             }
-            Treatment::AppliesLate(_) | Treatment::Never => (
-                unanswered,
-                WriteResult::Unknown("no answer and no read-back".into()),
-                None,
-            ),
-        };
-        self.write = Some(DongleWrite {
-            write: w,
-            due,
-            result,
-            applies_at,
-        });
+            Effect::Reply(..) => {}
+        }
+        Vec::new()
     }
 
-    /// Notes what the core does after each input: new sessions (to count fires) and whether
-    /// what the API shows is what the core holds.
+    /// Hands a request to the write protocol (carried out once the current effect is done).
+    fn request(&mut self, r: Request) {
+        let now = self.mono();
+        if let Some(p) = &mut self.proto {
+            let out = p.request(r, now);
+            self.carry_out(out);
+        }
+    }
+
+    // ---- the rules ---------------------------------------------------------------------------
+
+    /// Notes what the core does after each input: schedules as set, new sessions and records
+    /// (to count outcomes per occurrence), and whether what the API shows is what it holds.
     fn observe(&mut self) {
+        let wall = self.wall();
         let Some(core) = &self.core else { return };
+        if let Some(s) = core.schedule() {
+            let same = self.instances.last().is_some_and(|i| {
+                i.created_at == s.created_at
+                    && i.time == s.time
+                    && i.mode == s.mode
+                    && i.enabled == s.enabled
+                    && i.days == s.days
+            });
+            if same {
+                let i = self.instances.last_mut().expect("instance");
+                i.until = i.until.max(wall);
+                if i.first.is_none() {
+                    i.first = s.next_run;
+                }
+            } else {
+                self.instances.push(Instance {
+                    created_at: s.created_at,
+                    mode: s.mode,
+                    enabled: s.enabled,
+                    time: s.time,
+                    days: s.days,
+                    first: s.next_run,
+                    until: wall,
+                });
+            }
+        }
+        let instance = self.instances.len().checked_sub(1);
+        let mut fired = None;
         if let Some(s) = core.session() {
             let new = self.last_session.as_ref().is_none_or(|l| l.id != s.id);
             if new {
                 self.ac_change_unreported = false;
-            }
-            if new
-                && s.origin == Origin::Schedule
-                && let Some(sched) = core.schedule()
-            {
-                let fired = match sched.mode {
-                    Mode::Once => self.fired_once.entry(sched.created_at).or_default(),
-                    Mode::Recurring => {
-                        let day = s.started_at.to_zoned_datetime(self.tz.clone()).date();
-                        self.fired_daily.entry((sched.created_at, day)).or_default()
-                    }
-                };
-                *fired += 1;
-                if *fired > 1 {
-                    let v = Violation {
-                        invariant: "schedule-fires-once-per-occurrence",
-                        detail: format!(
-                            "a {} schedule started a charge {} times",
-                            sched.mode.as_str(),
-                            fired
-                        ),
-                    };
-                    self.pending_violation.get_or_insert(v);
+                self.start_soc = self.dongle.inverter().reported_soc();
+                if s.origin == Origin::Schedule
+                    && let Some(sched) = core.schedule()
+                {
+                    fired = Some((sched.last_run.unwrap_or(Timestamp::MIN), sched.mode));
                 }
             }
             self.last_session = Some(s.clone());
@@ -967,16 +1197,94 @@ impl World {
         let st = core.status();
         let charging = core.session().is_some_and(Session::is_charging);
         if st.is_charging() != charging || st.schedule.as_ref() != core.schedule() {
+            let detail = format!(
+                "the status says charging={} schedule={:?}, the core holds charging={charging} schedule={:?}",
+                st.is_charging(),
+                st.schedule,
+                core.schedule()
+            );
             self.pending_violation.get_or_insert(Violation {
                 invariant: "api-shows-the-core",
-                detail: format!(
-                    "the status says charging={} schedule={:?}, the core holds charging={charging} schedule={:?}",
-                    st.is_charging(),
-                    st.schedule,
-                    core.schedule()
-                ),
+                detail,
             });
         }
+        let Some(instance) = instance else {
+            self.new_records.clear();
+            return;
+        };
+        if let Some((occurrence, mode)) = fired {
+            self.outcome(instance, occurrence, "started a charge");
+            if mode == Mode::Once {
+                let n = self.once_fires.entry(instance).or_default();
+                *n += 1;
+                if *n > 1 {
+                    self.pending_violation.get_or_insert(Violation {
+                        invariant: "schedule-fires-once-per-occurrence",
+                        detail: format!("a once schedule started a charge {n} times"),
+                    });
+                }
+            }
+        }
+        for r in std::mem::take(&mut self.new_records) {
+            if r.stop_reason == Some(StopReason::Missed) {
+                self.missed.push((instance, r.started_at, r.ended_at));
+            } else {
+                self.outcome(instance, r.started_at, "was skipped");
+            }
+        }
+    }
+
+    fn outcome(&mut self, instance: usize, occurrence: Timestamp, what: &str) {
+        let n = self.outcomes.entry((instance, occurrence)).or_default();
+        *n += 1;
+        if *n > 1 {
+            let n = *n;
+            self.pending_violation.get_or_insert(Violation {
+                invariant: "schedule-fires-once-per-occurrence",
+                detail: format!("the occurrence at {occurrence} {what}, its outcome number {n}"),
+            });
+        }
+    }
+
+    /// Every occurrence of a recurring schedule the running service lived past has exactly
+    /// one outcome: a charge, a skip or a recorded miss.
+    fn judge_occurrences(&self) -> Option<Violation> {
+        let settle = SignedDuration::try_from(MISSED_GRACE + SEC).expect("grace");
+        for (idx, inst) in self.instances.iter().enumerate() {
+            if inst.mode != Mode::Recurring || !inst.enabled {
+                continue;
+            }
+            let Some(mut occ) = inst.first else { continue };
+            while occ.checked_add(settle).is_ok_and(|t| t <= inst.until) {
+                let charged = self.outcomes.get(&(idx, occ)).copied().unwrap_or(0);
+                let missed = self
+                    .missed
+                    .iter()
+                    .filter(|(i, from, to)| *i == idx && *from <= occ && occ <= *to)
+                    .count() as u32;
+                match charged + missed {
+                    1 => {}
+                    0 => {
+                        return Some(Violation {
+                            invariant: "recurring-fires-or-records-each-occurrence",
+                            detail: format!(
+                                "the occurrence at {} of the schedule set at {} has no charge and no record",
+                                occ.to_zoned_datetime(self.tz.clone()),
+                                inst.created_at
+                            ),
+                        });
+                    }
+                    n => {
+                        return Some(Violation {
+                            invariant: "schedule-fires-once-per-occurrence",
+                            detail: format!("the occurrence at {occ} has {n} outcomes"),
+                        });
+                    }
+                }
+                occ = next_occurrence(inst.time, inst.days, occ, &self.tz);
+            }
+        }
+        None
     }
 
     /// The rules that hold between steps.
@@ -985,44 +1293,43 @@ impl World {
             return Some(v);
         }
         let core = self.core.as_ref()?;
+        let wall = self.wall();
         if let Some(s) = core.session()
             && matches!(
                 s.phase,
                 Phase::Preparing | Phase::Starting | Phase::Charging
             )
-            && self.wall > s.deadline + SignedDuration::from_secs(1)
+            && wall > s.deadline + SignedDuration::from_secs(1)
         {
             return Some(Violation {
                 invariant: "cutoff-within-1s",
                 detail: format!(
                     "still {:?} {} after the safety cutoff at {}",
                     s.phase,
-                    self.wall.duration_since(s.deadline),
+                    wall.duration_since(s.deadline),
                     s.deadline
                 ),
             });
         }
-        let ac = self.inv.hold(AC_CHARGE).cloned();
+        let ac = self.dongle.inverter().hold(AC_CHARGE).cloned();
         let excused = self.ac_change_unreported
+            || self.ac_lost
             || self.stray_write
-            || self.history.last().is_some_and(|r| {
-                r.stop_reason == Some(StopReason::WriteFailed)
-                    || !r.restore_failures.is_empty()
-                    || r.detail.as_deref().is_some_and(|d| d.contains("unknown"))
-            });
+            || self.last_charge.as_ref().is_some_and(ac_failure_recorded);
+        let write_on_its_way = self.write_pending.is_some()
+            || self.dongle.late_writes() > 0
+            || self.wire.iter().any(|m| m.topic.ends_with("/update"));
         if core.session().is_none()
-            && self.write.is_none()
-            && self.late.is_empty()
+            && !write_on_its_way
             && ac != Some(HoldValue::Int(self.ac_wanted))
             && !excused
-            && !self.history.is_empty()
+            && self.last_charge.is_some()
         {
             return Some(Violation {
                 invariant: "ac-charge-as-wanted-after-a-session",
                 detail: format!(
                     "no charge runs and ACCharge is {ac:?}, the owner had it at {}; last: {:?}",
-                    self.ac_wanted,
-                    self.history.last()
+                    self.ac_wanted, self.last_charge
                 ),
             });
         }
@@ -1037,7 +1344,7 @@ impl World {
                 detail: format!("{} ended without a reason", r.id),
             });
         }
-        if self.history.iter().any(|h| h.id == r.id) {
+        if self.charge_ids.contains(&r.id) {
             return Some(Violation {
                 invariant: "one-record-per-session",
                 detail: format!("{} was recorded twice", r.id),
@@ -1050,7 +1357,7 @@ impl World {
             || detail.contains("restores them at its end")
             || detail.contains("unknown")
             || self.stray_write
-            || !self.late.is_empty();
+            || self.dongle.late_writes() > 0;
         let snapshot = s.snapshot.as_ref()?;
         if excused {
             return None;
@@ -1059,7 +1366,7 @@ impl World {
             let Some(expected) = s.inherited.get(t).or_else(|| snapshot.get(t)) else {
                 continue;
             };
-            let now = self.inv.hold(t).and_then(setting_of);
+            let now = self.dongle.inverter().hold(t).and_then(setting_of);
             if now != Some(*expected) {
                 return Some(Violation {
                     invariant: "settings-restored",

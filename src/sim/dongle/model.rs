@@ -169,6 +169,17 @@ impl DongleModel {
         self.outlier = Some(soc);
     }
 
+    /// Writes received without an answer that it will still apply.
+    pub fn late_writes(&self) -> usize {
+        self.late.len()
+    }
+
+    /// Brings the battery up to now without publishing anything.
+    pub fn catch_up(&mut self) {
+        self.step_to_now();
+        self.refresh();
+    }
+
     /// Forgets the writes still to be applied late (the dongle is going away).
     pub fn drop_late_writes(&mut self) {
         self.late.clear();
@@ -459,10 +470,11 @@ impl DongleModel {
         } = parse_write(payload);
         tracing::debug!(setting, %value, fault = ?self.fault, "simulated dongle received a write");
 
-        let fault = self
-            .write_fault
-            .take()
-            .unwrap_or_else(|| self.fault.clone());
+        // A dongle that is not talking answers nothing, whatever was planned for this write.
+        let fault = match self.write_fault.take() {
+            Some(f) if self.fault.talks() => f,
+            _ => self.fault.clone(),
+        };
         let reply = match (&fault, problem) {
             (Fault::Silent | Fault::Offline, _) => Reply::NoReply,
             (Fault::LateApply { delay }, None) => {
