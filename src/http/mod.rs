@@ -42,6 +42,8 @@ pub struct ApiState {
     pub started: std::time::Instant,
     /// The service's clock (the wall clock, or a test's manual one).
     pub clock: crate::clock::Clock,
+    /// Where `/metrics` reads from.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// The whole API as a router.
@@ -504,15 +506,24 @@ async fn root(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
     Json(dto::overview(&s.engine.status(), &s.tz)).into_response()
 }
 
-/// Prometheus text format (outside `/api/*`, so scrapers need no key).
+/// Prometheus metrics in the OpenMetrics text format (outside `/api/*`, so scrapers need no
+/// key).
 async fn metrics(State(s): State<Arc<ApiState>>) -> Response {
-    let body = crate::metrics::render(&s.engine.status(), s.clock.now());
+    let st = s.engine.status();
+    let now = s.clock.now();
+    let age = |t: jiff::Timestamp| now.duration_since(t).try_into().unwrap_or(Duration::ZERO);
+    let gauges = crate::metrics::StatusGauges {
+        soc_percent: st.soc.map(|s| f64::from(s.get())),
+        battery_power_watts: st.battery_power,
+        charging: st.is_charging(),
+        mqtt_connected: st.mqtt_connected,
+        last_message_age: st.last_message.map(age),
+        next_run_unix_seconds: st.next_run().map(|t| t.as_second()),
+        uptime: age(st.started_at),
+    };
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        body,
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        s.metrics.render(&gauges),
     )
         .into_response()
 }
