@@ -18,6 +18,7 @@ use crate::domain::session::ChargeParams;
 use crate::dongle::client::{self, DongleSettings};
 use crate::engine::{self, EngineConfig, EngineHandle};
 use crate::http::{self, ApiState};
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// How long the parts other than the engine may take to stop, once the engine has.
@@ -28,6 +29,8 @@ pub struct App {
     /// Where HTTP is served.
     pub addr: SocketAddr,
     pub engine: EngineHandle,
+    /// This service's metrics (no other app in the process records into them).
+    pub metrics: Metrics,
     /// Stops the engine and the HTTP server: the first step of a stop.
     shutdown: CancellationToken,
     /// Stops what the engine needs to finish (the dongle client): only once it has.
@@ -185,7 +188,7 @@ pub async fn start(
     clock: Clock,
     listener: TcpListener,
 ) -> anyhow::Result<App> {
-    crate::metrics::init();
+    let metrics = Metrics::new();
     let store = Store::open(data_dir)
         .with_context(|| format!("the data directory {} is not usable", data_dir.display()))?;
     let loaded = store.load(clock.now(), &config.timezone);
@@ -207,6 +210,7 @@ pub async fn start(
         events_tx,
         io_shutdown.clone(),
         ha_extra,
+        metrics.clone(),
     );
     let mqtt_connected = dongle.connected();
     let engine_cfg = EngineConfig {
@@ -222,6 +226,7 @@ pub async fn start(
         store.clone(),
         dongle,
         loaded.state,
+        metrics.clone(),
     );
     let engine_task = tokio::spawn(engine.run(cmds, events_rx, shutdown.clone()));
 
@@ -232,6 +237,7 @@ pub async fn start(
         api_key: config.server.api_key.clone(),
         started: std::time::Instant::now(),
         clock: clock.clone(),
+        metrics: metrics.clone(),
     };
     let router = http::router(api, &config.server.cors_origins, Duration::from_secs(120));
     let addr = listener.local_addr()?;
@@ -268,6 +274,7 @@ pub async fn start(
     Ok(App {
         addr,
         engine: handle,
+        metrics,
         shutdown,
         io_shutdown,
         engine_limit: config.charging.write_timeout + SHUTDOWN_LIMIT,

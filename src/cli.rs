@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::config::{MqttConfig, ServerConfig};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "solar-charging-backend",
@@ -70,7 +72,7 @@ pub enum FaultArg {
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
     /// HTTP port for the API and dashboard.
-    #[arg(long, env = "SERVER_PORT", default_value_t = 8088)]
+    #[arg(long, env = "SERVER_PORT", default_value_t = ServerConfig::DEFAULT_PORT)]
     pub port: u16,
     /// HTTP address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
@@ -95,7 +97,7 @@ pub struct DemoArgs {
 #[derive(Debug, clap::Args)]
 pub struct SimulateArgs {
     /// The broker, HOST:PORT.
-    #[arg(long, default_value = "127.0.0.1:1883")]
+    #[arg(long, default_value_t = format!("127.0.0.1:{}", MqttConfig::DEFAULT_PORT))]
     pub broker: String,
     /// The dongle id to publish under.
     #[arg(long, default_value = "dongle-40:4C:CA:00:00:01")]

@@ -12,6 +12,7 @@ use std::time::Duration;
 use jiff::tz::TimeZone;
 use serde_json::{Map, Value};
 
+use crate::domain::session::ChargeParams;
 use crate::domain::soc_filter::SocRule;
 use crate::domain::units::TimeFormat;
 
@@ -46,6 +47,12 @@ pub struct MqttConfig {
     pub keep_alive: Duration,
 }
 
+impl MqttConfig {
+    pub const DEFAULT_PORT: u16 = 1883;
+    pub const DEFAULT_CLIENT_ID: &str = "solar-charging-backend";
+    pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(30);
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     pub host: String,
@@ -62,6 +69,9 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
+    pub const DEFAULT_HOST: &str = "0.0.0.0";
+    /// Also the `demo` command's and the health check's (with `SERVER_PORT` unset).
+    pub const DEFAULT_PORT: u16 = 8088;
     pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
     pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
     pub const DEFAULT_MAX_CONNECTIONS: usize = 128;
@@ -104,6 +114,11 @@ pub struct LoggingConfig {
     /// A tracing filter directive, e.g. `info` (from `INFO`).
     pub level: String,
     pub format: LogFormat,
+}
+
+impl LoggingConfig {
+    /// As the old backend's file spelled it.
+    pub const DEFAULT_LEVEL: &str = "INFO";
 }
 
 /// The `home_assistant:` section: the scheduler as a Home Assistant device, through MQTT
@@ -162,19 +177,23 @@ pub struct Config {
     pub timezone_name: String,
 }
 
+/// The `charging:` section's defaults, which [`parse`] fills in for missing keys. The charge
+/// rules' are the session's own ([`ChargeParams::default`]), the SOC rule's the filter's.
 impl Default for ChargingConfig {
     fn default() -> Self {
+        let rules = ChargeParams::default();
+        let minutes = |d: Duration| (d.as_secs() / 60) as u32;
         ChargingConfig {
-            safety_cutoff: Duration::from_secs(8 * 3600),
+            safety_cutoff: rules.cutoff,
             soc_check_interval: Duration::from_secs(30),
             retry_on_failure: true,
             max_retries: 3,
-            charge_type_setting: "ACChargeType".into(),
-            charge_type_value: 2,
-            time_format: TimeFormat::HhMmSs,
-            stale_after: Duration::from_secs(90),
-            taper_minutes: 10,
-            stall_minutes: 30,
+            charge_type_setting: rules.charge_type_setting,
+            charge_type_value: rules.charge_type_value,
+            time_format: TimeFormat::default(),
+            stale_after: rules.stale_after,
+            taper_minutes: minutes(rules.taper_after),
+            stall_minutes: minutes(rules.stall_after),
             write_timeout: Duration::from_secs(15),
             min_write_interval: Duration::from_secs(1),
             readback_timeout: Duration::from_secs(10),
@@ -312,14 +331,20 @@ pub fn parse(text: &str, env: &EnvOverrides) -> Result<Loaded, Vec<Problem>> {
     );
     let mqtt = MqttConfig {
         host: c.req_string(&mqtt, "mqtt.host").unwrap_or_default(),
-        port: c.port(&mqtt, "mqtt.port", 1883),
+        port: c.port(&mqtt, "mqtt.port", MqttConfig::DEFAULT_PORT),
         username: c.opt_string(&mqtt, "mqtt.username"),
         password: c.opt_string(&mqtt, "mqtt.password").map(Secret),
         dongle_prefix: c.prefix(&mqtt, "mqtt.dongle_prefix"),
         client_id: c
             .opt_string(&mqtt, "mqtt.client_id")
-            .unwrap_or_else(|| "solar-charging-backend".into()),
-        keep_alive: Duration::from_secs(c.int(&mqtt, "mqtt.keepalive", 30, 5, 3600) as u64),
+            .unwrap_or_else(|| MqttConfig::DEFAULT_CLIENT_ID.into()),
+        keep_alive: Duration::from_secs(c.int(
+            &mqtt,
+            "mqtt.keepalive",
+            MqttConfig::DEFAULT_KEEP_ALIVE.as_secs() as i64,
+            5,
+            3600,
+        ) as u64),
     };
 
     let server = c.section(root, "server");
@@ -339,8 +364,8 @@ pub fn parse(text: &str, env: &EnvOverrides) -> Result<Loaded, Vec<Problem>> {
     let mut server_cfg = ServerConfig {
         host: c
             .opt_string(&server, "server.host")
-            .unwrap_or_else(|| "0.0.0.0".into()),
-        port: c.port(&server, "server.port", 8088),
+            .unwrap_or_else(|| ServerConfig::DEFAULT_HOST.into()),
+        port: c.port(&server, "server.port", ServerConfig::DEFAULT_PORT),
         api_key: c.opt_string(&server, "server.api_key").map(Secret),
         cors_origins: c
             .string_list(&server, "server.cors_origins")
@@ -418,49 +443,89 @@ pub fn parse(text: &str, env: &EnvOverrides) -> Result<Loaded, Vec<Problem>> {
         ],
     );
     let d = ChargingConfig::default();
-    let cutoff_h = c.float(&ch, "charging.safety_cutoff_hours", 8.0, 0.05, 23.5);
+    let secs = |d: Duration| d.as_secs() as i64;
+    let cutoff_h = c.float(
+        &ch,
+        "charging.safety_cutoff_hours",
+        d.safety_cutoff.as_secs_f64() / 3600.0,
+        0.05,
+        23.5,
+    );
     let charging = ChargingConfig {
         safety_cutoff: Duration::from_secs_f64(cutoff_h * 3600.0),
         soc_check_interval: Duration::from_secs(c.int(
             &ch,
             "charging.soc_check_interval",
-            30,
+            secs(d.soc_check_interval),
             1,
             3600,
         ) as u64),
-        retry_on_failure: c.bool(&ch, "charging.retry_on_failure", true),
-        max_retries: c.int(&ch, "charging.max_retries", 3, 0, 20) as u32,
+        retry_on_failure: c.bool(&ch, "charging.retry_on_failure", d.retry_on_failure),
+        max_retries: c.int(&ch, "charging.max_retries", d.max_retries.into(), 0, 20) as u32,
         charge_type_setting: c
             .opt_string(&ch, "charging.charge_type_setting")
             .unwrap_or(d.charge_type_setting),
-        charge_type_value: c.int(&ch, "charging.charge_type_value", 2, 0, 65535),
+        charge_type_value: c.int(
+            &ch,
+            "charging.charge_type_value",
+            d.charge_type_value,
+            0,
+            65535,
+        ),
         time_format: match c.opt_string(&ch, "charging.time_format").as_deref() {
-            None | Some("HH:MM:SS") => TimeFormat::HhMmSs,
+            None => d.time_format,
+            Some("HH:MM:SS") => TimeFormat::HhMmSs,
             Some("HH:MM") => TimeFormat::HhMm,
             Some(other) => {
                 c.error(
                     "charging.time_format",
                     format!("expected \"HH:MM:SS\" or \"HH:MM\", found {other:?}"),
                 );
-                TimeFormat::HhMmSs
+                d.time_format
             }
         },
-        stale_after: Duration::from_secs(c.int(&ch, "charging.stale_after_s", 90, 10, 3600) as u64),
-        taper_minutes: c.int(&ch, "charging.taper_minutes", 10, 1, 240) as u32,
-        stall_minutes: c.int(&ch, "charging.stall_minutes", 30, 1, 600) as u32,
-        write_timeout: Duration::from_secs(
-            c.int(&ch, "charging.write_timeout_s", 15, 1, 120) as u64
-        ),
+        stale_after: Duration::from_secs(c.int(
+            &ch,
+            "charging.stale_after_s",
+            secs(d.stale_after),
+            10,
+            3600,
+        ) as u64),
+        taper_minutes: c.int(
+            &ch,
+            "charging.taper_minutes",
+            d.taper_minutes.into(),
+            1,
+            240,
+        ) as u32,
+        stall_minutes: c.int(
+            &ch,
+            "charging.stall_minutes",
+            d.stall_minutes.into(),
+            1,
+            600,
+        ) as u32,
+        write_timeout: Duration::from_secs(c.int(
+            &ch,
+            "charging.write_timeout_s",
+            secs(d.write_timeout),
+            1,
+            120,
+        ) as u64),
         min_write_interval: Duration::from_millis(c.int(
             &ch,
             "charging.min_write_interval_ms",
-            1000,
+            d.min_write_interval.as_millis() as i64,
             0,
             10_000,
         ) as u64),
-        readback_timeout: Duration::from_secs(
-            c.int(&ch, "charging.readback_timeout_s", 10, 1, 600) as u64,
-        ),
+        readback_timeout: Duration::from_secs(c.int(
+            &ch,
+            "charging.readback_timeout_s",
+            secs(d.readback_timeout),
+            1,
+            600,
+        ) as u64),
         soc_rule: SocRule {
             max_step: c.int(
                 &ch,
@@ -483,7 +548,7 @@ pub fn parse(text: &str, env: &EnvOverrides) -> Result<Loaded, Vec<Problem>> {
     c.unknown_keys("logging", &lg, &["level", "format"]);
     let level = c
         .opt_string(&lg, "logging.level")
-        .unwrap_or_else(|| "INFO".into());
+        .unwrap_or_else(|| LoggingConfig::DEFAULT_LEVEL.into());
     let level = match level.to_ascii_lowercase().as_str() {
         l @ ("trace" | "debug" | "info" | "error") => l.to_string(),
         "warning" | "warn" => "warn".into(),

@@ -30,6 +30,7 @@ use crate::domain::soc_filter::SocRule;
 use crate::domain::units::TargetSoc;
 use crate::dongle::client::{DongleEvent, DongleHandle};
 use crate::logging::Throttle;
+use crate::metrics::Metrics;
 use crate::store::{State, Store};
 
 #[derive(Debug, Clone)]
@@ -155,6 +156,7 @@ pub struct Engine {
     /// Once shutting down, nothing new is sent to the dongle.
     stopping: bool,
     bad_values: Throttle,
+    metrics: Metrics,
 }
 
 /// Builds the engine from the stored state and returns it with its handle. Nothing runs until
@@ -165,6 +167,7 @@ pub fn new(
     store: Store,
     dongle: DongleHandle,
     state: State,
+    metrics: Metrics,
 ) -> (Engine, EngineHandle, mpsc::Receiver<Command>) {
     let core = EngineCore::new(
         CoreConfig {
@@ -191,6 +194,7 @@ pub fn new(
         next_request: 0,
         stopping: false,
         bad_values: Throttle::per_minute(),
+        metrics,
     };
     let handle = EngineHandle {
         cmds: cmd_tx,
@@ -405,9 +409,8 @@ impl Engine {
                 }
             }
             Effect::History(record) => {
-                crate::metrics::session_ended(
-                    record.stop_reason.map_or("cancelled", |r| r.as_str()),
-                );
+                self.metrics
+                    .session_ended(record.stop_reason.map_or("cancelled", |r| r.as_str()));
                 if let Err(e) = self.store.append_history(&record) {
                     error!("the charge history could not be written: {e}");
                 }

@@ -224,7 +224,8 @@ pub fn check_config(path: &Path) -> ExitCode {
 /// `healthcheck`: a plain HTTP GET with no dependencies, for images without curl.
 pub fn healthcheck(url: Option<String>) -> ExitCode {
     let url = url.unwrap_or_else(|| {
-        let port = std::env::var("SERVER_PORT").unwrap_or_else(|_| "8088".into());
+        let port = std::env::var("SERVER_PORT")
+            .unwrap_or_else(|_| config::ServerConfig::DEFAULT_PORT.to_string());
         format!("http://127.0.0.1:{port}/api/health")
     });
     match probe(&url) {

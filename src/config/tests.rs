@@ -263,3 +263,36 @@ fn the_shipped_example_config_loads_without_warnings() {
     let l = parse(text, &no_env()).unwrap();
     assert!(l.warnings.is_empty(), "{:?}", l.warnings);
 }
+
+#[test]
+fn the_shipped_example_shows_the_defaults_it_says_it_shows() {
+    let example = parse(include_str!("../../config.example.yaml"), &no_env())
+        .unwrap()
+        .config;
+    let minimal = parse(
+        "mqtt: {host: \"192.168.1.100\", dongle_prefix: \"dongle-40:4C:CA:AB:CD:EF\"}",
+        &no_env(),
+    )
+    .unwrap()
+    .config;
+    assert_eq!(example.charging, minimal.charging);
+    assert_eq!(example.server, minimal.server);
+    assert_eq!(
+        MqttConfig {
+            username: None,
+            password: None,
+            ..example.mqtt
+        },
+        minimal.mqtt
+    );
+    assert_eq!(example.logging, minimal.logging);
+    assert_eq!(example.home_assistant, minimal.home_assistant);
+}
+
+#[test]
+fn a_file_without_charging_keys_runs_charges_by_the_sessions_default_rules() {
+    let c = parse("mqtt: {host: broker, dongle_prefix: dongle-1}", &no_env())
+        .unwrap()
+        .config;
+    assert_eq!(crate::app::charge_params(&c), ChargeParams::default());
+}

@@ -25,6 +25,7 @@ use crate::domain::session::WriteResult;
 use crate::domain::units::SettingValue;
 use crate::dongle::codec::{self, Message, TimeFormat};
 use crate::dongle::protocol::{self, Out, ProtocolConfig, Request, WriteProtocol};
+use crate::metrics::Metrics;
 
 /// Everything the client needs from config.
 #[derive(Debug, Clone)]
@@ -151,6 +152,7 @@ pub fn spawn(
     events: mpsc::Sender<DongleEvent>,
     shutdown: CancellationToken,
     extra: Option<ExtraMqtt>,
+    metrics: Metrics,
 ) -> (DongleHandle, AsyncClient, Vec<tokio::task::JoinHandle<()>>) {
     let mut opts = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
     if let Some(will) = extra.as_ref().and_then(|x| x.last_will.clone()) {
@@ -211,6 +213,7 @@ pub fn spawn(
         inbound: inbound_rx,
         protocol,
         replies: VecDeque::new(),
+        metrics,
     };
     let writer = tokio::spawn(writer.run(cmd_rx, shutdown));
     (
@@ -411,6 +414,7 @@ struct Writer {
     protocol: WriteProtocol,
     /// Answers owed, oldest first (the protocol finishes requests in order).
     replies: VecDeque<Owed>,
+    metrics: Metrics,
 }
 
 enum Owed {
@@ -508,7 +512,7 @@ impl Writer {
                 }
                 Out::WriteDone(result) => {
                     if let Some(Owed::Write(reply, began)) = self.replies.pop_front() {
-                        crate::metrics::write_done(
+                        self.metrics.write_done(
                             match &result {
                                 WriteResult::Confirmed => "confirmed",
                                 WriteResult::Rejected(_) => "rejected",

@@ -1,12 +1,19 @@
 //! The contract's wire shapes: field names and JSON types exactly as the app reads them, and
 //! datetimes as naive local wall-clock time.
+//!
+//! Each shape is one type that the handlers serialise and that the OpenAPI document describes
+//! (`utoipa::ToSchema`), so the document cannot say anything the answers do not.
+
+use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use serde::Serialize;
-use serde_json::json;
+use utoipa::ToSchema;
 
+use crate::domain::{session, units};
 use crate::engine::Status;
+use crate::http::validate::FieldError;
 use crate::store::SessionRecord;
 
 /// The web dashboard, served from the binary.
@@ -30,7 +37,112 @@ pub fn now_stamp(t: Timestamp, tz: &TimeZone) -> String {
     )
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
+/// A schedule's mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Once,
+    Recurring,
+}
+
+impl From<units::Mode> for Mode {
+    fn from(m: units::Mode) -> Mode {
+        match m {
+            units::Mode::Once => Mode::Once,
+            units::Mode::Recurring => Mode::Recurring,
+        }
+    }
+}
+
+/// A day of the week.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Weekday {
+    Mon,
+    Tue,
+    Wed,
+    Thu,
+    Fri,
+    Sat,
+    Sun,
+}
+
+impl Weekday {
+    /// The days of `days`, in week order.
+    pub fn list(days: units::Days) -> Vec<Weekday> {
+        use jiff::civil::Weekday as W;
+        [
+            (W::Monday, Weekday::Mon),
+            (W::Tuesday, Weekday::Tue),
+            (W::Wednesday, Weekday::Wed),
+            (W::Thursday, Weekday::Thu),
+            (W::Friday, Weekday::Fri),
+            (W::Saturday, Weekday::Sat),
+            (W::Sunday, Weekday::Sun),
+        ]
+        .into_iter()
+        .filter(|(day, _)| days.contains(*day))
+        .map(|(_, wire)| wire)
+        .collect()
+    }
+}
+
+/// How a finished charge was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    Schedule,
+    ChargeNow,
+}
+
+impl From<session::Origin> for Origin {
+    fn from(o: session::Origin) -> Origin {
+        match o {
+            session::Origin::Schedule => Origin::Schedule,
+            session::Origin::ChargeNow => Origin::ChargeNow,
+        }
+    }
+}
+
+/// Why a charge stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// The battery reached the target SOC.
+    TargetReached,
+    /// The safety cutoff (a maximum charge duration) ended it.
+    Cutoff,
+    /// Cancelled through the API.
+    Cancelled,
+    /// The dongle stopped reporting.
+    StaleData,
+    /// Charging power tapered off near the target.
+    Taper,
+    /// The SOC stopped rising.
+    Stalled,
+    /// A write to the inverter failed.
+    WriteFailed,
+    /// The inverter's charge settings were changed outside this service.
+    ExternalOverride,
+}
+
+impl From<session::StopReason> for StopReason {
+    fn from(r: session::StopReason) -> StopReason {
+        use session::StopReason as S;
+        match r {
+            S::TargetReached => StopReason::TargetReached,
+            S::Cutoff => StopReason::Cutoff,
+            S::Cancelled => StopReason::Cancelled,
+            S::StaleData => StopReason::StaleData,
+            S::Taper => StopReason::Taper,
+            S::Stalled => StopReason::Stalled,
+            S::WriteFailed => StopReason::WriteFailed,
+            S::ExternalOverride => StopReason::ExternalOverride,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
 #[schema(example = json!({"status": "ok", "mqtt_connected": true, "version": "1.0.0", "uptime_seconds": 12.5}))]
 pub struct Health {
     /// `ok`, or `degraded` (with HTTP 503 and a `reason`) when the engine that runs the
@@ -47,7 +159,7 @@ pub struct Health {
     pub reason: Option<String>,
 }
 
-#[derive(Serialize, Debug, PartialEq, utoipa::ToSchema)]
+#[derive(Serialize, Debug, PartialEq, ToSchema)]
 #[schema(example = json!({"target_soc": 85, "start_time": "02:30", "mode": "recurring", "enabled": true,
     "next_run": "2025-12-27T02:30:00", "is_charging": false, "current_soc": 45}))]
 pub struct ScheduleResponse {
@@ -56,8 +168,7 @@ pub struct ScheduleResponse {
     /// The local start time of day, `HH:MM`.
     #[schema(example = "02:30")]
     pub start_time: String,
-    #[schema(value_type = crate::http::openapi::Mode)]
-    pub mode: &'static str,
+    pub mode: Mode,
     pub enabled: bool,
     /// The next local occurrence (naive local, whole seconds); `null` when disabled or when a
     /// `once` schedule has run.
@@ -69,8 +180,8 @@ pub struct ScheduleResponse {
     pub current_soc: Option<u8>,
     /// The weekdays of a recurring schedule; present only when set.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Vec<crate::http::openapi::Weekday>, required = false)]
-    pub days: Option<Vec<&'static str>>,
+    #[schema(value_type = Vec<Weekday>, required = false)]
+    pub days: Option<Vec<Weekday>>,
 }
 
 impl ScheduleResponse {
@@ -79,17 +190,17 @@ impl ScheduleResponse {
         Some(ScheduleResponse {
             target_soc: s.target.get(),
             start_time: s.time.to_string(),
-            mode: s.mode.as_str(),
+            mode: s.mode.into(),
             enabled: s.enabled,
             next_run: s.next_run.map(|t| scheduled_stamp(t, tz)),
             is_charging: st.is_charging(),
             current_soc: st.soc.map(|s| s.get()),
-            days: s.days.map(|d| d.names()),
+            days: s.days.map(Weekday::list),
         })
     }
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Serialize, ToSchema)]
 #[schema(example = json!({"success": true, "message": "Schedule cancelled"}))]
 pub struct Message {
     pub success: bool,
@@ -106,7 +217,7 @@ fn last_updated(st: &Status, tz: &TimeZone, now: Timestamp) -> String {
     now_stamp(st.last_telemetry.unwrap_or(now), tz)
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Serialize, ToSchema)]
 #[schema(example = json!({"is_charging": false, "current_soc": 45, "target_soc": 85, "charging_power": null,
     "scheduled_next": "2025-12-27T02:30:00", "last_updated": "2025-12-26T10:30:00.123456"}))]
 pub struct ChargeStatus {
@@ -138,7 +249,7 @@ impl ChargeStatus {
     }
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Serialize, ToSchema)]
 #[schema(example = json!({"is_enabled": true, "is_charging": true, "current_soc": 52, "target_soc": 80,
     "charging_power": 3500.0, "battery_power": 3500.0, "mode": "once",
     "scheduled_start": null, "scheduled_next": null,
@@ -157,8 +268,7 @@ pub struct ChargingStatus {
     /// The last battery power in W (negative = discharging), or `null`.
     pub battery_power: Option<f64>,
     /// The schedule's mode, or `null`.
-    #[schema(value_type = Option<crate::http::openapi::Mode>)]
-    pub mode: Option<&'static str>,
+    pub mode: Option<Mode>,
     /// The armed start time of day (`HH:MM`) while a run is armed.
     pub scheduled_start: Option<String>,
     /// The next scheduled run (naive local, whole seconds), or `null`.
@@ -181,7 +291,7 @@ impl ChargingStatus {
             target_soc: st.target_soc().map(|t| t.get()),
             charging_power: charging_power(st),
             battery_power: st.battery_power,
-            mode: st.schedule.as_ref().map(|s| s.mode.as_str()),
+            mode: st.schedule.as_ref().map(|s| s.mode.into()),
             // The armed start time of day, while a run is armed.
             scheduled_start: st
                 .schedule
@@ -200,7 +310,7 @@ impl ChargingStatus {
     }
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Serialize, ToSchema)]
 #[schema(example = json!({"success": true, "message": "Charging enabled to 80%", "target_soc": 80,
     "current_soc": 45, "is_charging": true}))]
 pub struct EnableResponse {
@@ -213,7 +323,7 @@ pub struct EnableResponse {
     pub is_charging: bool,
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Serialize, ToSchema)]
 #[schema(example = json!({"success": true, "message": "Charging disabled", "stopped_at": "2026-01-03T01:58:45.123456"}))]
 pub struct DisableResponse {
     pub success: bool,
@@ -222,7 +332,7 @@ pub struct DisableResponse {
     pub stopped_at: String,
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Serialize, ToSchema)]
 #[schema(example = json!({"started_at": "2026-01-03T01:58:45.123456", "ended_at": "2026-01-03T03:12:10.000001",
     "origin": "charge_now", "target_soc": 80, "start_soc": 45, "end_soc": 80,
     "stop_reason": "target_reached", "detail": null, "energy_wh": 4120.5}))]
@@ -231,16 +341,14 @@ pub struct HistoryEntry {
     pub started_at: String,
     /// Naive local, microseconds.
     pub ended_at: String,
-    #[schema(value_type = crate::http::openapi::Origin)]
-    pub origin: &'static str,
+    pub origin: Origin,
     #[schema(minimum = 10, maximum = 100)]
     pub target_soc: u8,
     #[schema(maximum = 100)]
     pub start_soc: Option<u8>,
     #[schema(maximum = 100)]
     pub end_soc: Option<u8>,
-    #[schema(value_type = Option<crate::http::openapi::StopReason>)]
-    pub stop_reason: Option<&'static str>,
+    pub stop_reason: Option<StopReason>,
     /// More about the stop, as a sentence.
     pub detail: Option<String>,
     /// Energy put into the battery, in Wh, where known.
@@ -256,14 +364,11 @@ impl HistoryEntry {
         HistoryEntry {
             started_at: now_stamp(r.started_at, tz),
             ended_at: now_stamp(r.ended_at, tz),
-            origin: match r.origin {
-                crate::domain::session::Origin::Schedule => "schedule",
-                crate::domain::session::Origin::ChargeNow => "charge_now",
-            },
+            origin: r.origin.into(),
             target_soc: r.target_soc.get(),
             start_soc: r.start_soc.map(|s| s.get()),
             end_soc: r.end_soc.map(|s| s.get()),
-            stop_reason: r.stop_reason.map(|s| s.as_str()),
+            stop_reason: r.stop_reason.map(StopReason::from),
             detail: r.detail.clone(),
             energy_wh: r.energy_wh,
             restore_failures: r.restore_failures.clone(),
@@ -271,35 +376,146 @@ impl HistoryEntry {
     }
 }
 
-/// `GET /` for non-browser clients.
-pub fn overview(st: &Status, tz: &TimeZone) -> serde_json::Value {
-    json!({
-        "name": "solar-charging-backend",
-        "version": env!("CARGO_PKG_VERSION"),
-        "status": "running",
-        "mqtt_connected": st.mqtt_connected,
-        "charging": {
-            "is_charging": st.is_charging(),
-            "current_soc": st.soc.map(|s| s.get()),
-            "started_at": st.session.as_ref().filter(|s| s.charging).map(|s| now_stamp(s.started_at, tz)),
-        },
-        "schedule": ScheduleResponse::of(st, tz),
-        "docs": "/docs",
-        "api_endpoints": {
-            "health": "GET /api/health",
-            "schedule": "GET|POST|DELETE /api/charge/schedule",
-            "charge_status": "GET /api/charge/status",
-            "charge_history": "GET /api/charge/history",
-            "charging_enable": "POST /api/charging/enable",
-            "charging_disable": "POST /api/charging/disable",
-            "charging_status": "GET /api/charging/status",
-        },
-    })
+// `GET /` for non-browser clients. The fields are in alphabetical order, here and in
+// `OverviewCharging`: the answer was first built as a JSON map, which orders its keys so, and it
+// keeps its bytes.
+/// The service at a glance.
+#[derive(Serialize, ToSchema)]
+pub struct Overview {
+    /// Name -> `"METHOD /path"` of each API endpoint.
+    #[schema(example = json!({"health": "GET /api/health"}))]
+    pub api_endpoints: BTreeMap<&'static str, &'static str>,
+    pub charging: OverviewCharging,
+    /// Where the interactive documentation is.
+    #[schema(example = "/docs")]
+    pub docs: &'static str,
+    pub mqtt_connected: bool,
+    #[schema(example = "solar-charging-backend")]
+    pub name: &'static str,
+    /// The schedule, as `GET /api/charge/schedule` shows it.
+    // Its keys in alphabetical order, as the first JSON map had them.
+    #[serde(serialize_with = "keys_in_alphabetical_order")]
+    pub schedule: Option<ScheduleResponse>,
+    #[schema(example = "running")]
+    pub status: &'static str,
+    #[schema(example = "1.0.0")]
+    pub version: &'static str,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OverviewCharging {
+    #[schema(maximum = 100)]
+    pub current_soc: Option<u8>,
+    pub is_charging: bool,
+    /// When the running charge started (naive local, microseconds).
+    pub started_at: Option<String>,
+}
+
+impl Overview {
+    pub fn of(st: &Status, tz: &TimeZone) -> Overview {
+        Overview {
+            api_endpoints: BTreeMap::from([
+                ("health", "GET /api/health"),
+                ("schedule", "GET|POST|DELETE /api/charge/schedule"),
+                ("charge_status", "GET /api/charge/status"),
+                ("charge_history", "GET /api/charge/history"),
+                ("charging_enable", "POST /api/charging/enable"),
+                ("charging_disable", "POST /api/charging/disable"),
+                ("charging_status", "GET /api/charging/status"),
+            ]),
+            charging: OverviewCharging {
+                current_soc: st.soc.map(|s| s.get()),
+                is_charging: st.is_charging(),
+                started_at: st
+                    .session
+                    .as_ref()
+                    .filter(|s| s.charging)
+                    .map(|s| now_stamp(s.started_at, tz)),
+            },
+            docs: "/docs",
+            mqtt_connected: st.mqtt_connected,
+            name: "solar-charging-backend",
+            schedule: ScheduleResponse::of(st, tz),
+            status: "running",
+            version: env!("CARGO_PKG_VERSION"),
+        }
+    }
+}
+
+/// Serialises `v` with the keys of every object in alphabetical order.
+fn keys_in_alphabetical_order<T: Serialize, S: serde::Serializer>(
+    v: &T,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    fn sorted(v: serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => {
+                let m: BTreeMap<String, serde_json::Value> =
+                    m.into_iter().map(|(k, v)| (k, sorted(v))).collect();
+                serde_json::Value::Object(m.into_iter().collect())
+            }
+            serde_json::Value::Array(a) => a.into_iter().map(sorted).collect(),
+            other => other,
+        }
+    }
+    let v = serde_json::to_value(v).map_err(serde::ser::Error::custom)?;
+    sorted(v).serialize(s)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors.
+
+/// An error other than a validation failure.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"detail": "Not Found"}))]
+pub struct HttpError {
+    /// What went wrong, as a sentence.
+    pub detail: String,
+}
+
+/// FastAPI's validation error: one entry per problem in the request body.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"detail": [{"type": "less_than_equal", "loc": ["body", "target_soc"],
+    "msg": "Input should be less than or equal to 100", "input": 101, "ctx": {"le": 100}}]}))]
+pub struct ValidationError {
+    pub detail: Vec<FieldError>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{Value, json};
+
+    fn wire(v: impl Serialize) -> Value {
+        serde_json::to_value(v).unwrap()
+    }
+
+    #[test]
+    fn wire_enums_spell_every_value_as_the_domain_names_it() {
+        for m in [units::Mode::Once, units::Mode::Recurring] {
+            assert_eq!(wire(Mode::from(m)), m.as_str());
+        }
+        for o in [session::Origin::Schedule, session::Origin::ChargeNow] {
+            assert_eq!(wire(Origin::from(o)), wire(o));
+        }
+        use session::StopReason as S;
+        for r in [
+            S::TargetReached,
+            S::Cutoff,
+            S::Cancelled,
+            S::StaleData,
+            S::Taper,
+            S::Stalled,
+            S::WriteFailed,
+            S::ExternalOverride,
+        ] {
+            assert_eq!(wire(StopReason::from(r)), r.as_str());
+        }
+        let every_day = units::Days::from_names(units::Days::NAMES).unwrap();
+        assert_eq!(wire(Weekday::list(every_day)), json!(units::Days::NAMES));
+        let some = units::Days::from_names(["sun", "wed"]).unwrap();
+        assert_eq!(wire(Weekday::list(some)), json!(some.names()));
+    }
 
     #[test]
     fn stamps_are_naive_local_with_the_contracts_precision() {

@@ -17,7 +17,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use jiff::tz::TimeZone;
-use serde_json::json;
 use subtle::ConstantTimeEq;
 use tower_http::cors::{AllowHeaders, AllowOrigin, Any, CorsLayer};
 
@@ -42,6 +41,8 @@ pub struct ApiState {
     pub started: std::time::Instant,
     /// The service's clock (the wall clock, or a test's manual one).
     pub clock: crate::clock::Clock,
+    /// Where `/metrics` reads from.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// The whole API as a router.
@@ -98,20 +99,30 @@ fn cors(origins: &[String]) -> CorsLayer {
 /// An error answer in the contract's shape.
 pub struct ApiError {
     status: StatusCode,
-    body: serde_json::Value,
+    body: ErrorBody,
+}
+
+/// The two shapes of an error answer (see [`dto::HttpError`] and [`dto::ValidationError`]).
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum ErrorBody {
+    Detail(dto::HttpError),
+    Validation(dto::ValidationError),
 }
 
 impl ApiError {
     pub fn detail(status: StatusCode, detail: impl Into<String>) -> ApiError {
         ApiError {
             status,
-            body: json!({ "detail": detail.into() }),
+            body: ErrorBody::Detail(dto::HttpError {
+                detail: detail.into(),
+            }),
         }
     }
     pub fn validation(errors: Vec<FieldError>) -> ApiError {
         ApiError {
             status: StatusCode::UNPROCESSABLE_ENTITY,
-            body: json!({ "detail": errors }),
+            body: ErrorBody::Validation(dto::ValidationError { detail: errors }),
         }
     }
 }
@@ -257,7 +268,7 @@ async fn get_schedule(State(s): State<Arc<ApiState>>) -> Json<Option<dto::Schedu
 /// stops it.
 #[utoipa::path(post, path = "/api/charge/schedule", tag = "schedule",
     security((), ("bearer" = []), ("api_key" = [])),
-    request_body(content = openapi::ScheduleRequest, content_type = "application/json",
+    request_body(content = validate::ScheduleRequest, content_type = "application/json",
         description = "The schedule. `target_soc` and `start_time` are required."),
     responses(
         (status = 200, description = "The schedule as saved, with its next run.",
@@ -369,7 +380,7 @@ async fn charging_status(State(s): State<Arc<ApiState>>) -> Json<dto::ChargingSt
 /// that says what failed and `is_charging: false`; settings already written are rolled back.
 #[utoipa::path(post, path = "/api/charging/enable", tag = "charging",
     security((), ("bearer" = []), ("api_key" = [])),
-    request_body(content = openapi::EnableRequest, content_type = "application/json",
+    request_body(content = validate::EnableRequest, content_type = "application/json",
         description = "The SOC to charge to."),
     responses(
         (status = 200, description = "Charging started (`success: true`), or not, with the \
@@ -453,7 +464,7 @@ async fn charging_disable(
             body = Vec<dto::HistoryEntry>),
         (status = 401, response = openapi::Unauthorized),
         (status = 500, description = "The history file could not be read.",
-            body = openapi::HttpError),
+            body = dto::HttpError),
     ))]
 async fn history(State(s): State<Arc<ApiState>>) -> Result<Json<Vec<dto::HistoryEntry>>, ApiError> {
     let store = s.store.clone();
@@ -485,7 +496,7 @@ async fn history(State(s): State<Arc<ApiState>>) -> Result<Json<Vec<dto::History
 #[utoipa::path(get, path = "/", tag = "status",
     responses(
         (status = 200, description = "The overview.", content(
-            (openapi::Overview = "application/json"),
+            (dto::Overview = "application/json"),
             (String = "text/html"),
         )),
     ))]
@@ -501,18 +512,27 @@ async fn root(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
         )
             .into_response();
     }
-    Json(dto::overview(&s.engine.status(), &s.tz)).into_response()
+    Json(dto::Overview::of(&s.engine.status(), &s.tz)).into_response()
 }
 
-/// Prometheus text format (outside `/api/*`, so scrapers need no key).
+/// Prometheus metrics in the OpenMetrics text format (outside `/api/*`, so scrapers need no
+/// key).
 async fn metrics(State(s): State<Arc<ApiState>>) -> Response {
-    let body = crate::metrics::render(&s.engine.status(), s.clock.now());
+    let st = s.engine.status();
+    let now = s.clock.now();
+    let age = |t: jiff::Timestamp| now.duration_since(t).try_into().unwrap_or(Duration::ZERO);
+    let gauges = crate::metrics::StatusGauges {
+        soc_percent: st.soc.map(|s| f64::from(s.get())),
+        battery_power_watts: st.battery_power,
+        charging: st.is_charging(),
+        mqtt_connected: st.mqtt_connected,
+        last_message_age: st.last_message.map(age),
+        next_run_unix_seconds: st.next_run().map(|t| t.as_second()),
+        uptime: age(st.started_at),
+    };
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        body,
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        s.metrics.render(&gauges),
     )
         .into_response()
 }

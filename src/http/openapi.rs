@@ -2,19 +2,21 @@
 //! the binary so they work on a LAN with no internet access.
 //!
 //! The document is generated from the handlers' `#[utoipa::path]` attributes and the wire shapes
-//! in [`super::dto`]. Request bodies are parsed by hand in [`super::validate`] (to answer in
-//! FastAPI's 422 shape), so the schemas below describe what that parser accepts; they are never
-//! used to parse anything.
+//! in [`super::dto`], the very types the handlers serialise. Request bodies are parsed by hand in
+//! [`super::validate`] (to answer in FastAPI's 422 shape); the typed requests that parser
+//! returns carry the schema of the JSON it accepts. This module adds only the document's frame
+//! and the descriptions of the error answers.
 
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToResponse, ToSchema};
+use utoipa::{Modify, OpenApi, ToResponse};
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
-use super::{ApiError, dto};
+use super::ApiError;
+use super::dto::{HttpError, Mode, ValidationError, Weekday};
+use super::validate::{FieldError, LocItem};
 
 /// Where the interactive documentation is served.
 pub const DOCS_PATH: &str = "/docs";
@@ -62,7 +64,7 @@ send it from this page. Without a configured key the API is open.";
         super::root,
     ),
     components(
-        schemas(HttpError, ValidationError, ValidationIssue, LocItem, Mode, Weekday),
+        schemas(HttpError, ValidationError, FieldError, LocItem, Mode, Weekday),
         responses(
             Unauthorized,
             NotFound,
@@ -147,147 +149,7 @@ async fn not_found_in_contract_shape(response: Response) -> Response {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Request bodies, as `validate` accepts them.
-
-/// The body of `POST /api/charge/schedule`.
-#[derive(Serialize, ToSchema)]
-#[schema(example = json!({"target_soc": 85, "start_time": "02:30", "mode": "recurring", "enabled": true}))]
-pub struct ScheduleRequest {
-    /// The SOC to charge to, in percent. Numeric strings (`"85"`) are accepted too.
-    #[schema(minimum = 10, maximum = 100, example = 85)]
-    pub target_soc: u8,
-    /// When to start, local time: `"HH:MM"`, 24-hour, two digits each (`00:00`..`23:59`).
-    /// Also accepted: an ISO 8601 datetime **with** offset (`"2026-03-08T02:30:00-08:00"`): the
-    /// first run is at that instant, and a recurring schedule then repeats at that local time of
-    /// day. A datetime without offset is refused (it is ambiguous around DST changes).
-    // `[0-9]` rather than `\d`, so that every regex dialect reads the pattern alike.
-    #[schema(
-        pattern = "^(([01][0-9]|2[0-3]):[0-5][0-9]|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]+)?)?([Zz]|[+-][0-9]{2}(:?[0-9]{2})?))$",
-        example = "02:30"
-    )]
-    pub start_time: String,
-    /// `once` runs at the next occurrence and is then gone; `recurring` repeats.
-    #[schema(required = false, default = "recurring")]
-    pub mode: Mode,
-    /// A disabled schedule is kept but never runs (`next_run` is `null`); disabling stops a
-    /// running charge.
-    #[schema(required = false, default = true)]
-    pub enabled: bool,
-    /// Weekdays a recurring schedule runs on; absent or `null` = every day. At least one day.
-    #[schema(min_items = 1, example = json!(["mon", "wed", "fri"]))]
-    pub days: Option<Vec<Weekday>>,
-}
-
-/// The body of `POST /api/charging/enable`.
-#[derive(Serialize, ToSchema)]
-#[schema(example = json!({"target_soc": 80}))]
-pub struct EnableRequest {
-    /// The SOC to charge to, in percent.
-    #[schema(minimum = 10, maximum = 100, example = 80)]
-    pub target_soc: u8,
-}
-
-/// A schedule's mode.
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    Once,
-    Recurring,
-}
-
-/// A day of the week.
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Weekday {
-    Mon,
-    Tue,
-    Wed,
-    Thu,
-    Fri,
-    Sat,
-    Sun,
-}
-
-/// How a finished charge was started.
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Origin {
-    Schedule,
-    ChargeNow,
-}
-
-/// Why a charge stopped.
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum StopReason {
-    /// The battery reached the target SOC.
-    TargetReached,
-    /// The safety cutoff (a maximum charge duration) ended it.
-    Cutoff,
-    /// Cancelled through the API.
-    Cancelled,
-    /// The dongle stopped reporting.
-    StaleData,
-    /// Charging power tapered off near the target.
-    Taper,
-    /// The SOC stopped rising.
-    Stalled,
-    /// A write to the inverter failed.
-    WriteFailed,
-    /// The inverter's charge settings were changed outside this service.
-    ExternalOverride,
-}
-
-// ---------------------------------------------------------------------------------------------
-// Errors.
-
-/// An error other than a validation failure.
-#[derive(Serialize, ToSchema)]
-#[schema(example = json!({"detail": "Not Found"}))]
-pub struct HttpError {
-    /// What went wrong, as a sentence.
-    pub detail: String,
-}
-
-/// FastAPI's validation error: one entry per problem in the request body.
-#[derive(Serialize, ToSchema)]
-#[schema(example = json!({"detail": [{"type": "less_than_equal", "loc": ["body", "target_soc"],
-    "msg": "Input should be less than or equal to 100", "input": 101, "ctx": {"le": 100}}]}))]
-pub struct ValidationError {
-    pub detail: Vec<ValidationIssue>,
-}
-
-/// One problem in a request body.
-#[derive(Serialize, ToSchema)]
-pub struct ValidationIssue {
-    /// A short code: `missing`, `int_type`, `int_parsing`, `greater_than_equal`,
-    /// `less_than_equal`, `string_type`, `string_pattern_mismatch`, `literal_error`,
-    /// `bool_parsing`, `list_type`, `too_short`, `json_invalid`, `value_error`, ...
-    #[serde(rename = "type")]
-    #[schema(example = "less_than_equal")]
-    pub kind: String,
-    /// Where the problem is: `["body", "target_soc"]`, `["body", "days", 2]`, or
-    /// `["body", 17]` (a byte offset) for malformed JSON.
-    #[schema(example = json!(["body", "target_soc"]))]
-    pub loc: Vec<LocItem>,
-    /// A plain sentence.
-    #[schema(example = "Input should be less than or equal to 100")]
-    pub msg: String,
-    /// The offending value (the whole body for a missing field).
-    pub input: serde_json::Value,
-    /// Details of the rule, e.g. `{"le": 100}` or `{"pattern": "..."}`; absent when there are
-    /// none.
-    #[schema(value_type = Object, required = false)]
-    pub ctx: serde_json::Value,
-}
-
-/// A field name or a list index.
-#[derive(Serialize, ToSchema)]
-#[serde(untagged)]
-pub enum LocItem {
-    Name(String),
-    Index(u64),
-}
+// Error answers: their descriptions; the bodies are `dto`'s.
 
 /// The API key is configured and the request did not present it.
 #[derive(ToResponse)]
@@ -350,36 +212,3 @@ pub struct NotSaved(pub HttpError);
     example = json!({"detail": "The service is shutting down; try again in a moment."})
 )]
 pub struct ShuttingDown(pub HttpError);
-
-// ---------------------------------------------------------------------------------------------
-// `GET /` for non-browser clients (built as a `serde_json::Value` in `dto::overview`).
-
-/// The service at a glance.
-#[derive(Serialize, ToSchema)]
-pub struct Overview {
-    #[schema(example = "solar-charging-backend")]
-    pub name: String,
-    #[schema(example = "1.0.0")]
-    pub version: String,
-    #[schema(example = "running")]
-    pub status: String,
-    pub mqtt_connected: bool,
-    pub charging: OverviewCharging,
-    /// The schedule, as `GET /api/charge/schedule` shows it.
-    pub schedule: Option<dto::ScheduleResponse>,
-    /// Where the interactive documentation is.
-    #[schema(example = "/docs")]
-    pub docs: String,
-    /// Name -> `"METHOD /path"` of each API endpoint.
-    #[schema(example = json!({"health": "GET /api/health"}))]
-    pub api_endpoints: std::collections::BTreeMap<String, String>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct OverviewCharging {
-    pub is_charging: bool,
-    #[schema(maximum = 100)]
-    pub current_soc: Option<u8>,
-    /// When the running charge started (naive local, microseconds).
-    pub started_at: Option<String>,
-}

@@ -9,20 +9,65 @@
 //! need the clock (a start time in the past) are applied later and reported with [`value_error`].
 
 use serde_json::{Map, Value, json};
+use utoipa::ToSchema;
 
 use crate::domain::units::{Days, LocalTime, Mode, TargetSoc};
 
-/// One entry of FastAPI's `{"detail": [...]}`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+// An entry of FastAPI's `{"detail": [...]}`. The fields are in alphabetical order: the answer
+// was first built as a JSON map, which orders its keys so, and it keeps its bytes.
+/// One problem in a request body.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, ToSchema)]
+#[schema(as = ValidationIssue)]
 pub struct FieldError {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    /// `["body", "target_soc"]` or `["body", "days", 2]`.
-    pub loc: Vec<Value>,
-    pub msg: String,
-    pub input: Value,
+    /// Details of the rule, e.g. `{"le": 100}` or `{"pattern": "..."}`; absent when there are
+    /// none.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object, required = false)]
     pub ctx: Option<Value>,
+    /// The offending value (the whole body for a missing field).
+    pub input: Value,
+    /// Where the problem is: `["body", "target_soc"]`, `["body", "days", 2]`, or
+    /// `["body", 17]` (a byte offset) for malformed JSON.
+    #[schema(example = json!(["body", "target_soc"]))]
+    pub loc: Vec<LocItem>,
+    /// A plain sentence.
+    #[schema(example = "Input should be less than or equal to 100")]
+    pub msg: String,
+    /// A short code: `missing`, `int_type`, `int_parsing`, `greater_than_equal`,
+    /// `less_than_equal`, `string_type`, `string_pattern_mismatch`, `literal_error`,
+    /// `bool_parsing`, `list_type`, `too_short`, `json_invalid`, `value_error`, ...
+    #[serde(rename = "type")]
+    #[schema(example = "less_than_equal")]
+    pub kind: &'static str,
+}
+
+/// A field name or a list index.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum LocItem {
+    Name(String),
+    Index(u64),
+}
+
+impl From<&str> for LocItem {
+    fn from(name: &str) -> LocItem {
+        LocItem::Name(name.to_owned())
+    }
+}
+
+impl From<usize> for LocItem {
+    fn from(i: usize) -> LocItem {
+        LocItem::Index(i as u64)
+    }
+}
+
+impl PartialEq<Value> for LocItem {
+    fn eq(&self, other: &Value) -> bool {
+        match self {
+            LocItem::Name(n) => other.as_str() == Some(n.as_str()),
+            LocItem::Index(i) => other.as_u64() == Some(*i),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -34,18 +79,43 @@ pub enum StartTime {
     At(jiff::Timestamp),
 }
 
-#[derive(Debug, Clone, PartialEq)]
+// Also the OpenAPI document's schema of the body: `value_type` gives each field's JSON form.
+/// The body of `POST /api/charge/schedule`.
+#[derive(Debug, Clone, PartialEq, ToSchema)]
+#[schema(example = json!({"target_soc": 85, "start_time": "02:30", "mode": "recurring", "enabled": true}))]
 pub struct ScheduleRequest {
+    /// The SOC to charge to, in percent. Numeric strings (`"85"`) are accepted too.
+    #[schema(value_type = u8, minimum = 10, maximum = 100, example = 85)]
     pub target_soc: TargetSoc,
+    /// When to start, local time: `"HH:MM"`, 24-hour, two digits each (`00:00`..`23:59`).
+    /// Also accepted: an ISO 8601 datetime **with** offset (`"2026-03-08T02:30:00-08:00"`): the
+    /// first run is at that instant, and a recurring schedule then repeats at that local time of
+    /// day. A datetime without offset is refused (it is ambiguous around DST changes).
+    // `[0-9]` rather than `\d`, so that every regex dialect reads the pattern alike.
+    #[schema(
+        value_type = String,
+        pattern = "^(([01][0-9]|2[0-3]):[0-5][0-9]|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]+)?)?([Zz]|[+-][0-9]{2}(:?[0-9]{2})?))$",
+        example = "02:30"
+    )]
     pub start_time: StartTime,
+    /// `once` runs at the next occurrence and is then gone; `recurring` repeats.
+    #[schema(value_type = crate::http::dto::Mode, required = false, default = "recurring")]
     pub mode: Mode,
+    /// A disabled schedule is kept but never runs (`next_run` is `null`); disabling stops a
+    /// running charge.
+    #[schema(required = false, default = true)]
     pub enabled: bool,
-    /// `None` = every day.
+    /// Weekdays a recurring schedule runs on; absent or `null` = every day. At least one day.
+    #[schema(value_type = Option<Vec<crate::http::dto::Weekday>>, min_items = 1, example = json!(["mon", "wed", "fri"]))]
     pub days: Option<Days>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// The body of `POST /api/charging/enable`.
+#[derive(Debug, Clone, PartialEq, ToSchema)]
+#[schema(example = json!({"target_soc": 80}))]
 pub struct EnableRequest {
+    /// The SOC to charge to, in percent.
+    #[schema(value_type = u8, minimum = 10, maximum = 100, example = 80)]
     pub target_soc: TargetSoc,
 }
 
@@ -111,13 +181,13 @@ pub fn value_error(field: &str, input: Value, msg: impl Into<String>) -> FieldEr
 
 const HHMM_PATTERN: &str = "^([01][0-9]|2[0-3]):[0-5][0-9]$";
 
-fn field_loc(field: &str) -> Vec<Value> {
+fn field_loc(field: &str) -> Vec<LocItem> {
     vec!["body".into(), field.into()]
 }
 
 fn error(
     kind: &'static str,
-    loc: Vec<Value>,
+    loc: Vec<LocItem>,
     msg: impl Into<String>,
     input: &Value,
     ctx: Option<Value>,
@@ -138,7 +208,7 @@ fn problem(kind: &'static str, msg: &str) -> Problem {
     (kind, msg.to_owned(), None)
 }
 
-fn missing(loc: Vec<Value>, input: Value) -> FieldError {
+fn missing(loc: Vec<LocItem>, input: Value) -> FieldError {
     FieldError {
         kind: "missing",
         loc,

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use serde_json::json;
+use solar_charging_backend::metrics::Metrics;
 use solar_charging_backend::sim::dongle::HoldValue;
 
 use crate::harness::{Setup, World, ac_on, local, written};
@@ -170,6 +171,100 @@ async fn metrics_show_the_battery_the_charge_and_the_writes_in_prometheus_format
         text.contains("solar_sessions_total{reason=\"target_reached\"}"),
         "{text}"
     );
+}
+
+/// A sample's value in a `/metrics` text (`name` with its labels, if any); 0 when absent.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+async fn scrape(w: &World) -> String {
+    let r = w
+        .http
+        .get(format!("{}/metrics", w.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn each_service_counts_its_own_sessions_and_writes_and_none_of_another_in_the_process() {
+    let a = World::start(Setup::default()).await;
+    let b = World::start(Setup::default()).await;
+    let a_metrics = a.app.as_ref().unwrap().metrics.clone();
+    let b_metrics = b.app.as_ref().unwrap().metrics.clone();
+    // Every write request has one outcome; the dongle may receive one more than once (a
+    // stop is sent again until it is confirmed).
+    let requests = |m: &Metrics| {
+        ["confirmed", "rejected", "unknown", "not_sent"]
+            .map(|o| m.writes(o))
+            .iter()
+            .sum::<u64>()
+    };
+
+    // A charges to its target while B stays idle.
+    let (_, body) = a
+        .post("/api/charging/enable", json!({"target_soc": 52}))
+        .await;
+    assert_eq!(body["success"], true, "{body}");
+    a.run_until(MIN, Duration::from_secs(3600), |s| !ac_on(s))
+        .await;
+    a.wait_status(|s| s.session.is_none()).await;
+    let a_requests = requests(&a_metrics);
+    let a_received = a.sim.state().borrow().writes.len() as u64;
+    assert_eq!(a_metrics.sessions_ended("target_reached"), 1);
+    // The settings, the window, ACCharge on and off, and the settings put back (a write
+    // the moving clock overtakes ends `unknown` and is read back or sent again).
+    assert!(a_requests >= 10, "{a_requests}");
+    assert!(a_metrics.writes("confirmed") >= 1);
+    assert!(a_requests <= a_received, "{a_requests} > {a_received}");
+    assert_eq!(b_metrics.sessions_ended("target_reached"), 0);
+    assert_eq!(requests(&b_metrics), 0);
+
+    // B's charge is cancelled: counted by B alone.
+    let (_, body) = b
+        .post("/api/charging/enable", json!({"target_soc": 90}))
+        .await;
+    assert_eq!(body["success"], true, "{body}");
+    let (_, body) = b.post("/api/charging/disable", json!({})).await;
+    assert_eq!(body["success"], true, "{body}");
+    b.wait_status(|s| s.session.is_none()).await;
+    let b_requests = requests(&b_metrics);
+    assert_eq!(b_metrics.sessions_ended("cancelled"), 1);
+    assert!(b_requests >= 10, "{b_requests}");
+    assert!(b_requests <= b.sim.state().borrow().writes.len() as u64);
+    assert_eq!(a_metrics.sessions_ended("cancelled"), 0);
+    assert_eq!(a_metrics.sessions_ended("target_reached"), 1);
+    assert_eq!(requests(&a_metrics), a_requests);
+
+    // Each service's /metrics shows its own counts only.
+    let a_text = scrape(&a).await;
+    let b_text = scrape(&b).await;
+    let sessions =
+        |t: &str, reason: &str| sample(t, &format!("solar_sessions_total{{reason=\"{reason}\"}}"));
+    assert_eq!(sessions(&a_text, "target_reached"), 1.0, "{a_text}");
+    assert_eq!(sessions(&a_text, "cancelled"), 0.0, "{a_text}");
+    assert_eq!(sessions(&b_text, "cancelled"), 1.0, "{b_text}");
+    assert_eq!(sessions(&b_text, "target_reached"), 0.0, "{b_text}");
+    for (text, m, n) in [
+        (&a_text, &a_metrics, a_requests),
+        (&b_text, &b_metrics, b_requests),
+    ] {
+        assert_eq!(
+            sample(text, "solar_dongle_writes_total{outcome=\"confirmed\"}"),
+            m.writes("confirmed") as f64,
+            "{text}"
+        );
+        assert_eq!(
+            sample(text, "solar_dongle_write_seconds_count"),
+            n as f64,
+            "{text}"
+        );
+    }
 }
 
 #[tokio::test]

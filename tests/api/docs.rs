@@ -8,7 +8,9 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::harness::{Setup, World};
+use solar_charging_backend::engine::EngineFault;
+
+use crate::harness::{GUARD, Setup, World};
 
 const MIN: Duration = Duration::from_secs(60);
 const KEY: &str = "s3cret-key";
@@ -223,11 +225,14 @@ async fn the_document_states_the_request_rules_and_error_shapes_the_service_appl
         let r = resolve(&doc, &op(path, "post")["responses"]["422"]).clone();
         let s = resolve(&doc, &r["content"]["application/json"]["schema"]).clone();
         let issue = resolve(&doc, &s["properties"]["detail"]["items"]).clone();
-        assert_eq!(
-            issue["required"],
-            json!(["type", "loc", "msg", "input"]),
-            "{path}"
-        );
+        let mut required: Vec<&str> = issue["required"]
+            .as_array()
+            .expect("required fields")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        required.sort_unstable();
+        assert_eq!(required, ["input", "loc", "msg", "type"], "{path}");
         let too_large = resolve(&doc, &op(path, "post")["responses"]["413"]).clone();
         let s = resolve(&doc, &too_large["content"]["application/json"]["schema"]).clone();
         assert_eq!(s["properties"]["detail"]["type"], "string", "{path}");
@@ -506,6 +511,335 @@ async fn the_document_passes_openapi_spec_validator_and_the_services_answers_mat
         ok,
         "scripts/validate-openapi.sh rejected the document or an answer:\n{report}"
     );
+}
+
+/// A JSON value with the keys of each object in the order the service wrote them (a
+/// `serde_json::Value` sorts them).
+#[derive(Debug)]
+enum Ordered {
+    Null,
+    Scalar,
+    Str(String),
+    List(Vec<Ordered>),
+    Object(Vec<(String, Ordered)>),
+}
+
+impl Ordered {
+    fn get(&self, key: &str) -> Option<&Ordered> {
+        match self {
+            Ordered::Object(fields) => fields.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    fn str(&self) -> Option<&str> {
+        match self {
+            Ordered::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Follows a JSON pointer (`/components/schemas/Health`).
+    fn pointer(&self, pointer: &str) -> Option<&Ordered> {
+        pointer.split('/').skip(1).try_fold(self, |node, key| {
+            node.get(&key.replace("~1", "/").replace("~0", "~"))
+        })
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Ordered {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Ordered;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("JSON")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Ordered, E> {
+                Ok(Ordered::Scalar)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Ordered, E> {
+                Ok(Ordered::Scalar)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Ordered, E> {
+                Ok(Ordered::Scalar)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Ordered, E> {
+                Ok(Ordered::Scalar)
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Ordered, E> {
+                Ok(Ordered::Str(s.to_owned()))
+            }
+            fn visit_unit<E>(self) -> Result<Ordered, E> {
+                Ok(Ordered::Null)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Ordered, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = a.next_element()? {
+                    items.push(item);
+                }
+                Ok(Ordered::List(items))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Ordered, A::Error> {
+                let mut fields = Vec::new();
+                while let Some(field) = a.next_entry()? {
+                    fields.push(field);
+                }
+                Ok(Ordered::Object(fields))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Follows a local `$ref`, remembering the name of the last component it led to.
+fn deref<'a>(
+    doc: &'a Ordered,
+    node: &'a Ordered,
+    name: Option<String>,
+) -> (Option<String>, &'a Ordered) {
+    match node.get("$ref").and_then(Ordered::str) {
+        Some(r) => {
+            let target = doc
+                .pointer(r.strip_prefix('#').expect("a local $ref"))
+                .unwrap_or_else(|| panic!("dangling $ref {r}"));
+            deref(doc, target, r.rsplit('/').next().map(str::to_owned))
+        }
+        None => (name, node),
+    }
+}
+
+/// Whether a schema takes a JSON value of `kind` (`null`, `array`, `object`).
+fn allows(schema: &Ordered, kind: &str) -> bool {
+    match schema.get("type") {
+        Some(Ordered::Str(t)) => t == kind,
+        Some(Ordered::List(ts)) => ts.iter().any(|t| t.str() == Some(kind)),
+        _ => kind == "object" && schema.get("properties").is_some(),
+    }
+}
+
+/// Objects whose keys the service writes in alphabetical order rather than in their schema's:
+/// the overview's schedule keeps the order the overview's first JSON map gave it.
+const SORTED_KEYS: [&str; 1] = ["GET / 200.schedule"];
+
+/// What each object schema lists and the fields answers had, by schema name (or place).
+type Seen = std::collections::BTreeMap<String, (Vec<String>, std::collections::BTreeSet<String>)>;
+
+/// Checks that every object in `value` has only fields its schema lists, in the schema's
+/// order, and every field the schema requires; records the fields seen.
+fn check_fields(doc: &Ordered, schema: &Ordered, at: &str, value: &Ordered, seen: &mut Seen) {
+    let (name, schema) = deref(doc, schema, None);
+    if let Some(Ordered::List(branches)) = schema.get("oneOf") {
+        let kind = match value {
+            Ordered::Null => "null",
+            Ordered::Scalar | Ordered::Str(_) => return,
+            Ordered::List(_) => "array",
+            Ordered::Object(_) => "object",
+        };
+        let branch = branches
+            .iter()
+            .find(|b| allows(deref(doc, b, None).1, kind))
+            .unwrap_or_else(|| panic!("{at}: no branch of the schema takes a {kind}"));
+        return check_fields(doc, branch, at, value, seen);
+    }
+    match value {
+        Ordered::Null => assert!(allows(schema, "null"), "{at} is null: {schema:?}"),
+        Ordered::Scalar | Ordered::Str(_) => {}
+        Ordered::List(items) => {
+            let item_schema = schema.get("items").expect("an array schema has items");
+            for (i, item) in items.iter().enumerate() {
+                check_fields(doc, item_schema, &format!("{at}[{i}]"), item, seen);
+            }
+        }
+        Ordered::Object(fields) => {
+            let Some(Ordered::Object(properties)) = schema.get("properties") else {
+                return; // a free-form object (`ctx`, a map)
+            };
+            let listed: Vec<String> = properties.iter().map(|(k, _)| k.clone()).collect();
+            let sent: Vec<String> = fields.iter().map(|(k, _)| k.clone()).collect();
+            let mut in_schema_order: Vec<String> = listed
+                .iter()
+                .filter(|k| sent.contains(k))
+                .cloned()
+                .collect();
+            if SORTED_KEYS.contains(&at) {
+                in_schema_order.sort();
+            }
+            assert_eq!(
+                sent, in_schema_order,
+                "{at}: the answer's fields are not the schema's (in its order {listed:?})"
+            );
+            if let Some(Ordered::List(required)) = schema.get("required") {
+                for r in required.iter().filter_map(Ordered::str) {
+                    assert!(
+                        sent.iter().any(|k| k == r),
+                        "{at}: the schema requires {r}, the answer has {sent:?}"
+                    );
+                }
+            }
+            let key = name.unwrap_or_else(|| at.to_owned());
+            let entry = seen
+                .entry(key)
+                .or_insert_with(|| (listed, Default::default()));
+            entry.1.extend(sent);
+            for (k, v) in fields {
+                let property = schema.get("properties").and_then(|p| p.get(k)).unwrap();
+                check_fields(doc, property, &format!("{at}.{k}"), v, seen);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_answer_has_exactly_the_fields_its_schema_in_the_document_lists() {
+    let mut w = World::start(Setup {
+        server: format!("api_key: {KEY}"),
+        ..Default::default()
+    })
+    .await;
+    let doc: Ordered =
+        serde_json::from_slice(&call(&w, Method::GET, "/openapi.json", None, b"").await.body)
+            .unwrap();
+    let mut seen = Seen::new();
+    let mut checked = Vec::new();
+    // Asks, and checks the answer against the schema the document gives for its status.
+    let mut ask = async |w: &World, method: Method, path: &str, key: Option<&str>, body: &[u8]| {
+        let a = call(w, method.clone(), path, key, body).await;
+        let schema = doc
+            .get("paths")
+            .and_then(|p| p.get(path))
+            .and_then(|p| p.get(&method.as_str().to_lowercase()))
+            .and_then(|op| op.get("responses"))
+            .and_then(|r| r.get(&a.status.to_string()))
+            .map(|r| deref(&doc, r, None).1)
+            .and_then(|r| r.get("content"))
+            .and_then(|c| c.get("application/json"))
+            .and_then(|c| c.get("schema"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{method} {path} answered {} with no schema in the document: {}",
+                    a.status,
+                    a.text()
+                )
+            });
+        let value: Ordered = serde_json::from_slice(&a.body).unwrap();
+        let at = format!("{method} {path} {}", a.status);
+        check_fields(&doc, schema, &at, &value, &mut seen);
+        checked.push(at);
+        a.json()
+    };
+    let k = Some(KEY);
+    ask(&w, Method::GET, "/api/health", None, b"").await;
+    ask(&w, Method::GET, "/api/charge/status", None, b"").await;
+    ask(&w, Method::GET, "/api/charge/schedule", k, b"").await;
+    ask(&w, Method::GET, "/", None, b"").await;
+    for path in [
+        "/api/charge/status",
+        "/api/charging/status",
+        "/api/charge/history",
+    ] {
+        ask(&w, Method::GET, path, k, b"").await;
+    }
+    let bad = br#"{"target_soc": 101, "start_time": "24:00", "enabled": "maybe"}"#;
+    ask(&w, Method::POST, "/api/charge/schedule", k, bad).await;
+    let huge = format!(
+        r#"{{"target_soc": 80, "pad": "{}"}}"#,
+        "x".repeat(70 * 1024)
+    );
+    ask(&w, Method::POST, "/api/charging/enable", k, huge.as_bytes()).await;
+    let days = br#"{"target_soc": 85, "start_time": "04:30", "days": ["mon", "tue"]}"#;
+    ask(&w, Method::POST, "/api/charge/schedule", k, days).await;
+    ask(&w, Method::GET, "/api/charge/schedule", k, b"").await;
+    ask(&w, Method::GET, "/", None, b"").await;
+    let started = ask(
+        &w,
+        Method::POST,
+        "/api/charging/enable",
+        k,
+        br#"{"target_soc": 80}"#,
+    )
+    .await;
+    assert_eq!(started["success"], true, "{started}");
+    w.tick(MIN).await;
+    for path in [
+        "/api/charge/status",
+        "/api/charging/status",
+        "/api/charge/schedule",
+    ] {
+        ask(&w, Method::GET, path, k, b"").await;
+    }
+    ask(&w, Method::GET, "/", None, b"").await;
+    ask(&w, Method::POST, "/api/charging/disable", k, b"").await;
+    w.wait_status(|st| st.session.is_none()).await;
+    let history = ask(&w, Method::GET, "/api/charge/history", k, b"").await;
+    assert_eq!(history.as_array().map(Vec::len), Some(1), "{history}");
+    ask(&w, Method::DELETE, "/api/charge/schedule", k, b"").await;
+
+    // A degraded health answer has its `reason`.
+    w.app
+        .as_ref()
+        .unwrap()
+        .engine
+        .inject(EngineFault::Hang)
+        .await;
+    let health = async { ask(&w, Method::GET, "/api/health", None, b"").await };
+    let moving_clock = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            w.clock.advance(Duration::from_secs(1));
+        }
+    };
+    let degraded = tokio::time::timeout(GUARD, async {
+        tokio::select! {
+            h = health => h,
+            _ = moving_clock => unreachable!(),
+        }
+    })
+    .await
+    .expect("health answers");
+    assert_eq!(degraded["status"], "degraded", "{degraded}");
+    w.kill();
+
+    for must in [
+        "GET /api/health 200",
+        "GET /api/health 503",
+        "GET /api/charge/status 200",
+        "GET /api/charging/status 200",
+        "GET /api/charge/schedule 200",
+        "POST /api/charge/schedule 200",
+        "POST /api/charge/schedule 422",
+        "GET / 200",
+    ] {
+        assert!(checked.iter().any(|c| c == must), "{must} was not checked");
+    }
+    // Every field a schema lists was sent at least once, but those only a rare state brings.
+    let rare = [("HistoryEntry", "restore_failures")];
+    for (schema, (listed, sent)) in &seen {
+        for field in listed {
+            assert!(
+                sent.contains(field) || rare.contains(&(schema.as_str(), field.as_str())),
+                "{schema} lists {field}, which no answer had (sent: {sent:?})"
+            );
+        }
+    }
+    for schema in [
+        "Health",
+        "ChargeStatus",
+        "ChargingStatus",
+        "ScheduleResponse",
+        "Overview",
+    ] {
+        assert!(
+            seen.contains_key(schema),
+            "{schema} was never checked: {seen:?}"
+        );
+    }
 }
 
 /// Runs the project's validator script on a saved document and answers; (passed, its output).
