@@ -124,6 +124,11 @@ pub enum StopReason {
     WriteFailed,
     /// The inverter's charge settings were changed outside this service.
     ExternalOverride,
+    /// A scheduled occurrence that charged nothing: SOC was already at the target.
+    Skipped,
+    /// A scheduled occurrence that did not run: the service was down or the clock moved past
+    /// it, or another charge was running (the detail says which).
+    Missed,
 }
 
 impl From<session::StopReason> for StopReason {
@@ -138,6 +143,8 @@ impl From<session::StopReason> for StopReason {
             S::Stalled => StopReason::Stalled,
             S::WriteFailed => StopReason::WriteFailed,
             S::ExternalOverride => StopReason::ExternalOverride,
+            S::Skipped => StopReason::Skipped,
+            S::Missed => StopReason::Missed,
         }
     }
 }
@@ -508,6 +515,8 @@ mod tests {
             S::Stalled,
             S::WriteFailed,
             S::ExternalOverride,
+            S::Skipped,
+            S::Missed,
         ] {
             assert_eq!(wire(StopReason::from(r)), r.as_str());
         }

@@ -269,6 +269,11 @@ impl SimHandle {
         self.with_core(|c| c.set_charge_power(max_w));
     }
 
+    /// The next telemetry reports `soc`, once, whatever the battery holds (a glitch).
+    pub fn glitch_soc(&self, soc: u8) {
+        self.with_core(|c| c.glitch_soc(soc));
+    }
+
     /// Publishes one telemetry message now (a full `input_state` on 4.3).
     pub fn publish_telemetry_now(&self) {
         self.with_core(DongleModel::publish_telemetry_now);

@@ -21,6 +21,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::clock::ManualClock;
+use crate::config::ChargingConfig;
 use crate::domain::core::{
     Command, CoreConfig, DongleInput, Effect, EngineCore, Input, RequestId, ScheduleInput,
 };
@@ -28,9 +29,8 @@ use crate::domain::schedule::{MISSED_GRACE, next_occurrence};
 use crate::domain::session::{
     AC_CHARGE, ChargeParams, Now, Origin, Phase, Sabotage, Session, StopReason, Write, WriteResult,
 };
-use crate::domain::soc_filter::SocRule;
 use crate::domain::state::{SessionRecord, State};
-use crate::domain::units::{Days, LocalTime, Mode, SettingValue, TargetSoc, TimeFormat};
+use crate::domain::units::{Days, LocalTime, Mode, SettingValue, TargetSoc};
 use crate::dongle::codec;
 use crate::dongle::input;
 use crate::dongle::protocol::{Inbound, Out, ProtocolConfig, Request, WriteProtocol};
@@ -60,12 +60,6 @@ const DATES: [&str; 8] = [
     "2026-06-20",
 ];
 const PREFIX: &str = "dongle-40:4C:CA:00:00:01";
-// The config's defaults.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
-const READBACK: Duration = Duration::from_secs(10);
-const WRITE_SPACING: Duration = Duration::from_secs(1);
-const MAX_RETRIES: u32 = 3;
-const CHECK_INTERVAL: Duration = Duration::from_secs(30);
 const SEC: Duration = Duration::from_secs(1);
 
 /// One broken rule, with what shows it.
@@ -354,6 +348,8 @@ impl World {
                 .set_hold(name, value)
                 .expect("a register the model has");
         }
+        // Everything as a fresh config has it, but the cutoff.
+        let defaults = ChargingConfig::default();
         let cutoff = Duration::from_secs(rng.random_range(1..=8) * 3600);
         let params = ChargeParams {
             cutoff,
@@ -363,8 +359,8 @@ impl World {
         let cfg = CoreConfig {
             params,
             tz: tz.clone(),
-            check_interval: CHECK_INTERVAL,
-            soc_rule: SocRule::default(),
+            check_interval: defaults.soc_check_interval,
+            soc_rule: defaults.soc_rule,
         };
         let end = mono0 + cutoff + Duration::from_secs(6 * 3600);
         let mut w = World {
@@ -373,11 +369,15 @@ impl World {
             tz,
             cfg,
             proto_cfg: ProtocolConfig {
-                write_timeout: WRITE_TIMEOUT,
-                min_write_interval: WRITE_SPACING,
-                readback_timeout: READBACK,
-                max_retries: MAX_RETRIES,
-                time_format: TimeFormat::default(),
+                write_timeout: defaults.write_timeout,
+                min_write_interval: defaults.min_write_interval,
+                readback_timeout: defaults.readback_timeout,
+                max_retries: if defaults.retry_on_failure {
+                    defaults.max_retries
+                } else {
+                    0
+                },
+                time_format: defaults.time_format,
             },
             clock,
             end,
@@ -712,7 +712,7 @@ impl World {
             }
             Peer::Service => {
                 if self.service_connected && self.core.is_some() {
-                    self.to_service(&m.topic, &m.payload, m.retained);
+                    self.hear_at_service(&m.topic, &m.payload, m.retained);
                 }
             }
         }
@@ -738,7 +738,7 @@ impl World {
 
     /// A message reaches the service: decoded and routed as the MQTT client does, the write
     /// protocol and the engine hearing it in either order.
-    fn to_service(&mut self, topic: &str, payload: &[u8], retained: bool) {
+    fn hear_at_service(&mut self, topic: &str, payload: &[u8], retained: bool) {
         self.log(|| {
             let text = String::from_utf8_lossy(payload);
             format!(
@@ -761,7 +761,7 @@ impl World {
         };
         let protocol_first = self.rng.random_bool(0.5);
         if !protocol_first && let Some(i) = for_core.clone() {
-            self.to_core(i);
+            self.hear_at_core(i);
         }
         let now = self.mono();
         if let Some(message) = for_protocol
@@ -778,11 +778,11 @@ impl World {
             self.carry_out(out);
         }
         if protocol_first && let Some(i) = for_core {
-            self.to_core(i);
+            self.hear_at_core(i);
         }
     }
 
-    fn to_core(&mut self, input: DongleInput) {
+    fn hear_at_core(&mut self, input: DongleInput) {
         if matches!(input, DongleInput::Settings { .. }) && self.charging_phase() {
             // Seen where the core acts on it: while a charge starts or runs (a stop's own
             // restore is not another app's change).
@@ -799,7 +799,7 @@ impl World {
                     let now = self.mono();
                     if suffix == "update" {
                         if let Some(last) = self.last_update_sent
-                            && now < last + WRITE_SPACING
+                            && now < last + self.proto_cfg.min_write_interval
                         {
                             self.pending_violation.get_or_insert(Violation {
                                 invariant: "one-write-in-flight",
@@ -1013,7 +1013,7 @@ impl World {
     /// on meanwhile, no new request goes out), the state is saved, the process ends.
     fn ordered_stop(&mut self) {
         self.stopping = true;
-        let limit = self.mono() + WRITE_TIMEOUT + SEC;
+        let limit = self.mono() + self.proto_cfg.write_timeout + SEC;
         // The engine's own wait is bounded by the clock; a core that spins at one instant
         // (which the main loop reports) must not hang the simulator here.
         let mut steps = 0;

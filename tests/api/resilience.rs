@@ -496,7 +496,13 @@ async fn a_wall_clock_jumping_forward_past_the_start_skips_that_charge_and_keeps
     let (_, sched) = w.get("/api/charge/schedule").await;
     assert_eq!(sched["next_run"], "2026-01-16T01:30:00");
     assert!(w.sim.state().borrow().writes.is_empty(), "no late start");
-    assert!(history(&w).await.is_empty());
+    // The owner can see why that night did not charge.
+    let missed = history(&w).await;
+    assert_eq!(missed.len(), 1, "{missed:?}");
+    assert_eq!(missed[0]["stop_reason"], "missed");
+    assert_eq!(missed[0]["origin"], "schedule");
+    let detail = missed[0]["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("missed by 51 minutes"), "{detail}");
 
     w.tick(22 * HOUR).await;
     tick_to(&w, local("2026-01-16T01:29")).await;
@@ -509,6 +515,8 @@ async fn a_wall_clock_jumping_forward_past_the_start_skips_that_charge_and_keeps
     );
     charge_to_the_end(&w, HOUR).await;
     assert_eq!(charges_started(&w.sim.state().borrow()), 1);
+    let h = history(&w).await;
+    assert_eq!(h.len(), 2, "{h:?}");
 }
 
 #[tokio::test]
@@ -1095,4 +1103,78 @@ async fn a_flood_of_ten_thousand_inputbank_messages_keeps_memory_bounded_and_the
     assert!((60..=61).contains(&soc), "stopped at the target, SOC {soc}");
     assert_eq!(history(&w).await[0]["stop_reason"], "target_reached");
     assert_eq!(w.hold("ACCharge"), Some(HoldValue::Int(0)));
+}
+
+#[tokio::test]
+async fn a_scheduled_start_with_the_battery_already_at_the_target_is_recorded_as_skipped() {
+    let w = World::start(Setup {
+        soc: 80.0,
+        ..Setup::default()
+    })
+    .await;
+    schedule(
+        &w,
+        json!({"target_soc": 60, "start_time": "01:30", "mode": "recurring"}),
+    )
+    .await;
+    tick_to(&w, local("2026-01-15T01:32")).await;
+    assert!(
+        w.sim.state().borrow().writes.is_empty(),
+        "nothing to charge, nothing written"
+    );
+    let h = history(&w).await;
+    assert_eq!(h.len(), 1, "{h:?}");
+    assert_eq!(h[0]["stop_reason"], "skipped");
+    assert_eq!(h[0]["origin"], "schedule");
+    assert!(
+        h[0]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("already at 80%")),
+        "{h:?}"
+    );
+    // One record per occurrence: the next minutes add none.
+    tick_for(&w, 5 * MIN).await;
+    assert_eq!(history(&w).await.len(), 1);
+    let (_, sched) = w.get("/api/charge/schedule").await;
+    assert_eq!(sched["next_run"], "2026-01-16T01:30:00");
+}
+
+#[tokio::test]
+async fn a_lone_soc_outlier_after_hours_of_quiet_gives_way_to_the_true_reading() {
+    let w = World::start(Setup {
+        soc: 56.0,
+        ..Setup::default()
+    })
+    .await;
+    w.tick(MIN).await;
+    assert_eq!(w.status().soc.map(|s| s.get()), Some(56));
+    // Hours without a report (firmware >= 4.3 sends SOC only when it changes), then a glitch.
+    w.clock.advance(3 * HOUR);
+    w.sim.glitch_soc(4);
+    w.sim.publish_telemetry_now();
+    // The service asks the dongle again and believes the reading that agrees with before.
+    let st = w
+        .wait_status(|s| s.soc.map(|s| s.get()) == Some(56) && s.last_telemetry.is_some())
+        .await;
+    assert_eq!(st.soc.map(|s| s.get()), Some(56));
+    // A charge now to 50 % is therefore refused as already reached, not started at "4 %".
+    let (code, resp) = w
+        .post("/api/charging/enable", json!({"target_soc": 50}))
+        .await;
+    assert_eq!(code, 200, "{resp}");
+    assert!(
+        resp["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("already at 56%")),
+        "{resp}"
+    );
+    assert!(
+        !w.sim
+            .state()
+            .borrow()
+            .writes
+            .iter()
+            .any(|x| x.setting == "ACCharge"),
+        "AC charging was never switched on"
+    );
 }
