@@ -52,6 +52,8 @@ pub enum Command {
     },
     /// Cancels the schedule and stops any charge.
     CancelSchedule { reply: oneshot::Sender<StopOutcome> },
+    /// Stops any charge and keeps the schedule.
+    StopCharge { reply: oneshot::Sender<StopOutcome> },
     ChargeNow {
         target: TargetSoc,
         reply: oneshot::Sender<StartOutcome>,
@@ -96,6 +98,13 @@ impl EngineHandle {
     pub async fn cancel_schedule(&self) -> Result<StopOutcome, CommandError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::CancelSchedule { reply }).await?;
+        rx.await.map_err(|_| CommandError::ShuttingDown)
+    }
+
+    /// Stops a running charge; the schedule stays (its running occurrence is consumed).
+    pub async fn stop_charge(&self) -> Result<StopOutcome, CommandError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::StopCharge { reply }).await?;
         rx.await.map_err(|_| CommandError::ShuttingDown)
     }
 
@@ -319,6 +328,10 @@ impl Engine {
                 self.waiting.insert(id, Waiting::Stop(reply));
                 core::Command::CancelSchedule
             }
+            Command::StopCharge { reply } => {
+                self.waiting.insert(id, Waiting::Stop(reply));
+                core::Command::StopCharge
+            }
             Command::ChargeNow { target, reply } => {
                 self.waiting.insert(id, Waiting::Start(reply));
                 core::Command::ChargeNow(target)
@@ -340,6 +353,9 @@ impl Engine {
             DongleEvent::Undecodable => DongleInput::Other,
             DongleEvent::Message(m) => {
                 let (input, rejected) = crate::dongle::input::to_core(m);
+                if !rejected.is_empty() {
+                    self.metrics.values_rejected(rejected.len());
+                }
                 if !rejected.is_empty()
                     && let Some(held) = self.bad_values.allow(self.clock.mono().0)
                 {

@@ -61,6 +61,7 @@ struct Inner {
     registry: Registry,
     sessions: Family<Reason, Counter>,
     writes: Family<Outcome, Counter>,
+    rejected_values: Counter,
     write_seconds: Histogram,
     soc: FloatGauge,
     battery_power: FloatGauge,
@@ -100,6 +101,12 @@ impl Metrics {
             "Dongle writes, by outcome",
             writes.clone(),
         );
+        let rejected_values = Counter::default();
+        registry.register(
+            "solar_telemetry_values_rejected",
+            "Telemetry values dropped as impossible (SOC outside 0..100, power beyond 50 kW, NaN)",
+            rejected_values.clone(),
+        );
         let write_seconds = Histogram::new(WRITE_BUCKETS);
         registry.register(
             "solar_dongle_write_seconds",
@@ -138,6 +145,7 @@ impl Metrics {
                 registry,
                 sessions,
                 writes,
+                rejected_values,
                 write_seconds,
                 soc,
                 battery_power,
@@ -159,6 +167,16 @@ impl Metrics {
     pub fn write_done(&self, outcome: &'static str, took: Duration) {
         self.inner.writes.get_or_create(&Outcome { outcome }).inc();
         self.inner.write_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Telemetry values dropped as impossible.
+    pub fn values_rejected(&self, n: usize) {
+        self.inner.rejected_values.inc_by(n as u64);
+    }
+
+    /// How many telemetry values were dropped as impossible.
+    pub fn rejected_values(&self) -> u64 {
+        self.inner.rejected_values.get()
     }
 
     /// How many sessions ended for `reason`.

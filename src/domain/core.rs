@@ -124,6 +124,9 @@ pub struct Status {
     pub session: Option<SessionView>,
     /// Why the last charge ended, and when.
     pub last_stop: Option<(StopReason, Timestamp, String)>,
+    /// How long the dongle may say nothing before it counts as silent (the stale limit that
+    /// also ends a charge).
+    pub stale_after: Duration,
 }
 
 impl Status {
@@ -141,17 +144,48 @@ impl Status {
             schedule: None,
             session: None,
             last_stop: None,
+            stale_after: ChargeParams::default().stale_after,
         }
+    }
+
+    /// Whether the dongle counts as online at `now`: it has not said it is offline, and it
+    /// was heard (any message) within the stale limit.
+    pub fn dongle_online_at(&self, now: Timestamp) -> bool {
+        let Ok(limit) = jiff::SignedDuration::try_from(self.stale_after) else {
+            return false;
+        };
+        self.dongle_online != Some(false)
+            && self
+                .last_message
+                .and_then(|t| t.checked_add(limit).ok())
+                .is_some_and(|until| now < until)
+    }
+
+    /// The running charge, if it is a "charge now" still starting or charging.
+    pub fn charge_now_target(&self) -> Option<TargetSoc> {
+        self.session
+            .as_ref()
+            .filter(|s| s.origin == Origin::ChargeNow)
+            .and_then(|s| s.active_target)
+    }
+
+    /// The mode the app is shown: a "charge now" running beside a recurring schedule shows
+    /// as the one-shot charge it is, as the old backend did; else the schedule's.
+    pub fn mode(&self) -> Option<Mode> {
+        if self.charge_now_target().is_some() {
+            return Some(Mode::Once);
+        }
+        self.schedule.as_ref().map(|s| s.mode)
     }
 
     pub fn is_charging(&self) -> bool {
         self.session.as_ref().is_some_and(|s| s.charging)
     }
-    /// The schedule's target, else that of a charge that is starting or charging.
+    /// The target of a "charge now" that is starting or charging, else the schedule's, else that
+    /// of a scheduled charge that is starting or charging.
     pub fn target_soc(&self) -> Option<TargetSoc> {
-        self.schedule
-            .as_ref()
-            .map(|s| s.target)
+        self.charge_now_target()
+            .or_else(|| self.schedule.as_ref().map(|s| s.target))
             .or_else(|| self.session.as_ref().and_then(|s| s.active_target))
     }
     pub fn next_run(&self) -> Option<Timestamp> {
@@ -169,6 +203,9 @@ pub enum Command {
     SetSchedule(ScheduleInput),
     /// Cancels the schedule and stops any charge.
     CancelSchedule,
+    /// Stops any charge; the schedule stays (an occurrence was consumed when it fired).
+    StopCharge,
+    /// Charges now: beside a recurring schedule, which stays; a once schedule is replaced.
     ChargeNow(TargetSoc),
 }
 
@@ -325,6 +362,8 @@ pub struct EngineCore {
     /// Scheduled occurrences that charged nothing (skipped, missed), recorded in the history
     /// once the consumed schedule has been handed to the disk.
     occurrence_records: Vec<SessionRecord>,
+    /// A due occurrence waiting for the dongle, and why.
+    awaiting_dongle: Option<(Timestamp, String)>,
 }
 
 impl EngineCore {
@@ -332,12 +371,16 @@ impl EngineCore {
     pub fn new(cfg: CoreConfig, state: State, started_at: Timestamp) -> EngineCore {
         let soc_filter = SocFilter::new(cfg.soc_rule);
         let ac_maybe_left_on = state.ac_maybe_left_on;
+        let stale_after = cfg.params.stale_after;
         EngineCore {
             ac_maybe_left_on,
             cfg,
             schedule: state.schedule,
             session: state.session,
-            status: Status::new(started_at),
+            status: Status {
+                stale_after,
+                ..Status::new(started_at)
+            },
             write_in_flight: false,
             snapshot_in_flight: false,
             snapshot_wanted: false,
@@ -349,6 +392,7 @@ impl EngineCore {
             soc_filter,
             queued_start: None,
             occurrence_records: Vec::new(),
+            awaiting_dongle: None,
             prefetched: None,
             prefetch_for: None,
             snapshot_is_prefetch: false,
@@ -481,11 +525,27 @@ impl EngineCore {
     }
 
     fn check_schedule(&mut self, now: Now, fx: &mut Vec<Effect>) {
+        let problem = self.dongle_problem(now);
         let Some(schedule) = &mut self.schedule else {
             return;
         };
         match schedule.due(now.wall) {
             Due::Fire(occurrence) => {
+                if self.session.is_none()
+                    && let Some(why) = problem
+                {
+                    // Within the grace the start waits for the dongle; past it the
+                    // occurrence is recorded as failed, with this reason.
+                    if self
+                        .awaiting_dongle
+                        .as_ref()
+                        .is_none_or(|(o, _)| *o != occurrence)
+                    {
+                        warn!(%occurrence, "the scheduled charge waits for the dongle: {why}");
+                    }
+                    self.awaiting_dongle = Some((occurrence, why));
+                    return;
+                }
                 if self.cfg.params.sabotage != Sabotage::DoubleFire {
                     schedule.consume(occurrence, now.wall, &self.cfg.tz);
                 }
@@ -528,11 +588,27 @@ impl EngineCore {
                 warn!(%occurrence, now = %now.wall, next_run = ?schedule.next_run,
                     "the scheduled charge was missed by more than 10 minutes (service down or clock moved); skipped");
                 let late = now.wall.duration_since(occurrence);
-                let detail = format!(
-                    "missed by {} minutes: the service was not running or the clock moved past it",
-                    late.as_secs().max(0) / 60
-                );
-                self.record_occurrence(StopReason::Missed, target, occurrence, detail, now);
+                match self.awaiting_dongle.take() {
+                    Some((o, why)) if o == occurrence => {
+                        let detail = format!(
+                            "could not start: {why} from the scheduled time until the 10-minute grace ran out"
+                        );
+                        self.record_occurrence(
+                            StopReason::ChargeFailed,
+                            target,
+                            occurrence,
+                            detail,
+                            now,
+                        );
+                    }
+                    _ => {
+                        let detail = format!(
+                            "missed by {} minutes: the service was not running or the clock moved past it",
+                            late.as_secs().max(0) / 60
+                        );
+                        self.record_occurrence(StopReason::Missed, target, occurrence, detail, now);
+                    }
+                }
                 self.drop_spent_schedule();
             }
             Due::Idle | Due::Wait(_) => {}
@@ -588,6 +664,41 @@ impl EngineCore {
         if let Some(s) = &mut self.session {
             s.inherit(inherited);
         }
+    }
+
+    /// Why a charge cannot start now, if the dongle is the reason: it said it is offline, it
+    /// has sent no SOC since the service started, or nothing has been heard from it within
+    /// the stale limit. (A broker that is down is left to the first write, which says so.)
+    fn dongle_problem(&self, now: Now) -> Option<String> {
+        if !self.status.mqtt_connected {
+            return None;
+        }
+        let stale = self.cfg.params.stale_after;
+        if self.status.dongle_online == Some(false) {
+            return Some(
+                "the dongle is offline (it says so on its availability topic): check its power and WiFi"
+                    .into(),
+            );
+        }
+        let Some(heard) = self.last_heard else {
+            return Some(
+                "nothing has been heard from the dongle since the service started: check that mqtt.dongle_prefix is the dongle's ID as it appears on the broker (`solar-charging-backend discover` lists the dongles publishing there)"
+                    .into(),
+            );
+        };
+        let quiet = now.mono.saturating_sub(heard);
+        if quiet >= stale {
+            return Some(format!(
+                "nothing has been heard from the dongle for {} s: check its power and WiFi",
+                quiet.as_secs()
+            ));
+        }
+        if self.status.soc.is_none() {
+            return Some(
+                "the dongle has sent no SOC reading yet: wait a minute for its first report".into(),
+            );
+        }
+        None
     }
 
     /// Notes a scheduled occurrence that charged nothing, for the history.
@@ -960,6 +1071,15 @@ impl EngineCore {
                 // Nothing else happens until the save is answered.
                 self.awaiting_save = Some(Awaiting::Cancel);
             }
+            Command::StopCharge => {
+                self.stop(
+                    id,
+                    now,
+                    "stopped through the API; the schedule is kept",
+                    None,
+                    fx,
+                );
+            }
             Command::ChargeNow(target) => self.charge_now(id, target, now, fx),
         }
     }
@@ -992,9 +1112,30 @@ impl EngineCore {
                 return;
             }
         }
-        // Charging now leaves a one-shot schedule for "now", as the app expects.
+        if self.session.is_none()
+            && let Some(why) = self.dongle_problem(now)
+        {
+            // Answered at once: waiting for writes that cannot be confirmed helps nobody.
+            info!("charge now refused: {why}");
+            self.step(now, fx);
+            fx.push(Effect::Reply(
+                id,
+                Reply::Start(StartOutcome {
+                    success: false,
+                    message: format!("Charging could not be started: {why}"),
+                    status: self.status.clone(),
+                }),
+            ));
+            return;
+        }
+        // Charging now leaves a one-shot schedule for "now", as the app expects, in place of
+        // a once schedule or none. A recurring schedule stays and runs on its next occurrence.
+        let keeps_recurring = self
+            .schedule
+            .as_ref()
+            .is_some_and(|s| s.mode == Mode::Recurring);
         let time = crate::domain::schedule::local_time_of(now.wall, &self.cfg.tz);
-        self.schedule = Some(Schedule {
+        let once = (!keeps_recurring).then(|| Schedule {
             target,
             time,
             mode: Mode::Once,
@@ -1004,7 +1145,16 @@ impl EngineCore {
             last_run: Some(now.wall),
             created_at: now.wall,
         });
+        if let Some(once) = once {
+            self.schedule = Some(once);
+        }
         if self.session.is_some() {
+            if let Some((Origin::Schedule, scheduled)) = self.queued_start
+                && let Some(occurrence) = self.schedule.as_ref().and_then(|s| s.last_run)
+            {
+                let detail = format!("a charge now to {target} took the place of this one");
+                self.record_occurrence(StopReason::Missed, scheduled, occurrence, detail, now);
+            }
             self.queued_start = Some((Origin::ChargeNow, target));
             self.start_waiters.push(id);
             return;

@@ -174,6 +174,9 @@ pub enum StopReason {
     /// A scheduled occurrence that did not run: the service was down or the clock moved past
     /// it, or another charge was running.
     Missed,
+    /// A scheduled occurrence that could not start: the dongle was offline, silent or had
+    /// sent no SOC for the whole grace period.
+    ChargeFailed,
 }
 
 impl StopReason {
@@ -189,6 +192,7 @@ impl StopReason {
             StopReason::ExternalOverride => "external_override",
             StopReason::Skipped => "skipped",
             StopReason::Missed => "missed",
+            StopReason::ChargeFailed => "charge_failed",
         }
     }
 }

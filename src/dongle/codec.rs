@@ -425,6 +425,12 @@ fn shorten(text: &str) -> String {
     }
 }
 
+/// The largest battery power believed, in W (the largest LuxPower/EG4 hybrids move 12-18 kW;
+/// several in parallel stay well below this).
+pub const MAX_POWER_W: f64 = 50_000.0;
+/// The largest battery voltage believed (48 V systems, high-voltage stacks up to ~600 V).
+pub const MAX_VBAT: f64 = 1_000.0;
+
 /// Telemetry values the service uses, validated. Out-of-range values (SOC outside 0..=100,
 /// negative power, NaN) are dropped and reported in `rejected` (key + value as text) for the
 /// caller to log.
@@ -449,10 +455,13 @@ pub fn telemetry(fields: &Fields) -> Telemetry {
     // A fractional SOC is rounded only after the range check, so 100.4 is refused, not 100.
     let soc = measure(fields, "SOC", &mut rejected, |v| (0.0..=100.0).contains(&v))
         .and_then(|v| Soc::new(v.round() as u8));
-    let non_negative = |v: f64| v >= 0.0;
-    let pcharge = measure(fields, "Pcharge", &mut rejected, non_negative);
-    let pdischarge = measure(fields, "Pdischarge", &mut rejected, non_negative);
-    let vbat = measure(fields, "Vbat", &mut rejected, non_negative);
+    // A home battery inverter moves tens of kW at most: anything beyond is a broken reading.
+    let power = |v: f64| (0.0..=MAX_POWER_W).contains(&v);
+    let pcharge = measure(fields, "Pcharge", &mut rejected, power);
+    let pdischarge = measure(fields, "Pdischarge", &mut rejected, power);
+    let vbat = measure(fields, "Vbat", &mut rejected, |v| {
+        (0.0..=MAX_VBAT).contains(&v)
+    });
     let battery_power_w = match pdischarge {
         Some(d) if d > 0.0 => Some(-d),
         _ => pcharge,

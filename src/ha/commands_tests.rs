@@ -23,17 +23,9 @@ fn hhmm(s: &str) -> LocalTime {
 
 fn idle() -> Status {
     Status {
-        started_at: now(),
         mqtt_connected: true,
-        soc: None,
-        battery_power: None,
-        last_telemetry: None,
-        last_message: None,
         dongle_online: Some(true),
-        firmware_code: None,
-        schedule: None,
-        session: None,
-        last_stop: None,
+        ..Status::new(now())
     }
 }
 

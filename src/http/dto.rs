@@ -129,6 +129,9 @@ pub enum StopReason {
     /// A scheduled occurrence that did not run: the service was down or the clock moved past
     /// it, or another charge was running (the detail says which).
     Missed,
+    /// A scheduled occurrence that could not start: the dongle was offline, silent or had sent
+    /// no SOC for the whole 10-minute grace (the detail says which).
+    ChargeFailed,
 }
 
 impl From<session::StopReason> for StopReason {
@@ -145,12 +148,14 @@ impl From<session::StopReason> for StopReason {
             S::ExternalOverride => StopReason::ExternalOverride,
             S::Skipped => StopReason::Skipped,
             S::Missed => StopReason::Missed,
+            S::ChargeFailed => StopReason::ChargeFailed,
         }
     }
 }
 
 #[derive(Serialize, ToSchema)]
-#[schema(example = json!({"status": "ok", "mqtt_connected": true, "version": "1.0.0", "uptime_seconds": 12.5}))]
+#[schema(example = json!({"status": "ok", "mqtt_connected": true, "version": "1.0.0", "uptime_seconds": 12.5,
+    "dongle_online": true, "dongle_last_seen": "2025-12-26T10:30:00.123456"}))]
 pub struct Health {
     /// `ok`, or `degraded` (with HTTP 503 and a `reason`) when the engine that runs the
     /// schedule and the charges does not answer.
@@ -164,6 +169,19 @@ pub struct Health {
     /// Why the service is degraded; absent when it is `ok`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// [ext] The dongle is publishing: it has not said it is offline and was heard within the
+    /// stale limit (90 s by default). A silent dongle does not make the service `degraded`:
+    /// restarting the service would not help it.
+    pub dongle_online: bool,
+    /// [ext] When anything was last heard from the dongle; `null` before anything.
+    pub dongle_last_seen: Option<String>,
+}
+
+impl Health {
+    /// The dongle's part of the answer.
+    pub fn dongle(st: &Status, tz: &TimeZone, now: Timestamp) -> (bool, Option<String>) {
+        (st.dongle_online_at(now), dongle_last_seen(st, tz))
+    }
 }
 
 #[derive(Serialize, Debug, PartialEq, ToSchema)]
@@ -219,14 +237,20 @@ fn charging_power(st: &Status) -> Option<f64> {
     st.battery_power.filter(|p| st.is_charging() && *p > 0.0)
 }
 
-/// When the dongle last reported, or now when it has not yet.
-fn last_updated(st: &Status, tz: &TimeZone, now: Timestamp) -> String {
-    now_stamp(st.last_telemetry.unwrap_or(now), tz)
+/// When the last telemetry arrived; `None` before any.
+fn last_updated(st: &Status, tz: &TimeZone) -> Option<String> {
+    st.last_telemetry.map(|t| now_stamp(t, tz))
+}
+
+/// When anything was last heard from the dongle; `None` before anything.
+fn dongle_last_seen(st: &Status, tz: &TimeZone) -> Option<String> {
+    st.last_message.map(|t| now_stamp(t, tz))
 }
 
 #[derive(Serialize, ToSchema)]
 #[schema(example = json!({"is_charging": false, "current_soc": 45, "target_soc": 85, "charging_power": null,
-    "scheduled_next": "2025-12-27T02:30:00", "last_updated": "2025-12-26T10:30:00.123456"}))]
+    "scheduled_next": "2025-12-27T02:30:00", "last_updated": "2025-12-26T10:30:00.123456",
+    "dongle_online": true, "dongle_last_seen": "2025-12-26T10:30:00.123456"}))]
 pub struct ChargeStatus {
     /// True from when `ACCharge=1` is written until `ACCharge=0` is written.
     pub is_charging: bool,
@@ -239,8 +263,14 @@ pub struct ChargeStatus {
     pub charging_power: Option<f64>,
     /// The schedule's `next_run`, or `null`.
     pub scheduled_next: Option<String>,
-    /// When the dongle last reported, or now if it has not yet (naive local, microseconds).
-    pub last_updated: String,
+    /// When the last telemetry from the dongle arrived (naive local, microseconds); `null`
+    /// before any.
+    pub last_updated: Option<String>,
+    /// [ext] The dongle is publishing: it has not said it is offline and was heard within the
+    /// stale limit (90 s by default).
+    pub dongle_online: bool,
+    /// [ext] When anything was last heard from the dongle; `null` before anything.
+    pub dongle_last_seen: Option<String>,
 }
 
 impl ChargeStatus {
@@ -251,7 +281,9 @@ impl ChargeStatus {
             target_soc: st.target_soc().map(|t| t.get()),
             charging_power: charging_power(st),
             scheduled_next: st.next_run().map(|t| scheduled_stamp(t, tz)),
-            last_updated: last_updated(st, tz, now),
+            last_updated: last_updated(st, tz),
+            dongle_online: st.dongle_online_at(now),
+            dongle_last_seen: dongle_last_seen(st, tz),
         }
     }
 }
@@ -261,7 +293,8 @@ impl ChargeStatus {
     "charging_power": 3500.0, "battery_power": 3500.0, "mode": "once",
     "scheduled_start": null, "scheduled_next": null,
     "charge_started_at": "2026-01-03T01:58:45.123456", "last_updated": "2026-01-03T02:10:00.000001",
-    "mqtt_connected": true}))]
+    "mqtt_connected": true, "dongle_online": true,
+    "dongle_last_seen": "2026-01-03T02:10:00.000001"}))]
 pub struct ChargingStatus {
     /// The schedule's `enabled` (false when there is none).
     pub is_enabled: bool,
@@ -282,23 +315,31 @@ pub struct ChargingStatus {
     pub scheduled_next: Option<String>,
     /// When the running charge started (naive local, microseconds), or `null`.
     pub charge_started_at: Option<String>,
-    /// When the dongle last reported, or now if it has not yet (naive local, microseconds).
-    pub last_updated: String,
+    /// When the last telemetry from the dongle arrived (naive local, microseconds); `null`
+    /// before any.
+    pub last_updated: Option<String>,
     /// The live broker connection state.
     pub mqtt_connected: bool,
+    /// [ext] The dongle is publishing: it has not said it is offline and was heard within the
+    /// stale limit (90 s by default).
+    pub dongle_online: bool,
+    /// [ext] When anything was last heard from the dongle; `null` before anything.
+    pub dongle_last_seen: Option<String>,
 }
 
 impl ChargingStatus {
     pub fn of(st: &Status, tz: &TimeZone, now: Timestamp) -> ChargingStatus {
         let next = st.next_run();
         ChargingStatus {
-            is_enabled: st.schedule.as_ref().is_some_and(|s| s.enabled),
+            // A "charge now" beside a recurring schedule shows as the enabled one-shot it is.
+            is_enabled: st.schedule.as_ref().is_some_and(|s| s.enabled)
+                || st.charge_now_target().is_some(),
             is_charging: st.is_charging(),
             current_soc: st.soc.map(|s| s.get()),
             target_soc: st.target_soc().map(|t| t.get()),
             charging_power: charging_power(st),
             battery_power: st.battery_power,
-            mode: st.schedule.as_ref().map(|s| s.mode.into()),
+            mode: st.mode().map(Mode::from),
             // The armed start time of day, while a run is armed.
             scheduled_start: st
                 .schedule
@@ -311,8 +352,10 @@ impl ChargingStatus {
                 .as_ref()
                 .filter(|s| s.charging)
                 .map(|s| now_stamp(s.started_at, tz)),
-            last_updated: last_updated(st, tz, now),
+            last_updated: last_updated(st, tz),
             mqtt_connected: st.mqtt_connected,
+            dongle_online: st.dongle_online_at(now),
+            dongle_last_seen: dongle_last_seen(st, tz),
         }
     }
 }
@@ -517,6 +560,7 @@ mod tests {
             S::ExternalOverride,
             S::Skipped,
             S::Missed,
+            S::ChargeFailed,
         ] {
             assert_eq!(wire(StopReason::from(r)), r.as_str());
         }

@@ -236,11 +236,15 @@ async fn health(State(s): State<Arc<ApiState>>) -> (StatusCode, Json<dto::Health
             )),
         )
     };
+    let st = s.engine.status();
+    let (dongle_online, dongle_last_seen) = dto::Health::dongle(&st, &s.tz, s.clock.now());
     (
         code,
         Json(dto::Health {
             status,
-            mqtt_connected: s.engine.status().mqtt_connected,
+            mqtt_connected: st.mqtt_connected,
+            dongle_online,
+            dongle_last_seen,
             version: env!("CARGO_PKG_VERSION"),
             uptime_seconds: (s.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
             reason,
@@ -435,10 +439,14 @@ async fn charging_enable(
     }))
 }
 
-/// Stops charging now and cancels the schedule.
+/// Stops charging now and cancels the schedule, as the app expects. [ext] With
+/// `{"keep_schedule": true}` a recurring schedule is kept: the dashboard's stop button sends it.
 #[utoipa::path(post, path = "/api/charging/disable", tag = "charging",
     security((), ("bearer" = []), ("api_key" = [])),
+    request_body(content = Option<validate::DisableRequest>, description = "Optional; \
+        without it the schedule is cancelled."),
     responses(
+        (status = 422, response = openapi::Invalid),
         (status = 200, description = "Charging stopped (`success: true`), or not, with the \
             reason in `message`.", body = dto::DisableResponse),
         (status = 401, response = openapi::Unauthorized),
@@ -447,8 +455,15 @@ async fn charging_enable(
     ))]
 async fn charging_disable(
     State(s): State<Arc<ApiState>>,
+    body: Body,
 ) -> Result<Json<dto::DisableResponse>, ApiError> {
-    let outcome = s.engine.cancel_schedule().await?;
+    let bytes = read_body(body).await?;
+    let req = validate::parse_disable_request(&bytes).map_err(ApiError::validation)?;
+    let outcome = if req.keep_schedule {
+        s.engine.stop_charge().await?
+    } else {
+        s.engine.cancel_schedule().await?
+    };
     Ok(Json(dto::DisableResponse {
         success: outcome.success,
         message: outcome.message,

@@ -119,6 +119,16 @@ pub struct EnableRequest {
     pub target_soc: TargetSoc,
 }
 
+/// The optional body of `POST /api/charging/disable` [ext].
+#[derive(Debug, Clone, Default, PartialEq, ToSchema)]
+#[schema(example = json!({"keep_schedule": true}))]
+pub struct DisableRequest {
+    /// Keep a recurring schedule (tonight's occurrence is consumed if it was the one
+    /// running). Without it the schedule is cancelled, as the app expects.
+    #[schema(default = false)]
+    pub keep_schedule: bool,
+}
+
 /// The body of `POST /api/charge/schedule`. On failure, every problem in the body, in field
 /// order (target_soc, start_time, mode, enabled, days).
 pub fn parse_schedule_request(body: &[u8]) -> Result<ScheduleRequest, Vec<FieldError>> {
@@ -160,6 +170,24 @@ pub fn parse_enable_request(body: &[u8]) -> Result<EnableRequest, Vec<FieldError
     let mut errors = Vec::new();
     match required(&body, "target_soc", check_target_soc, &mut errors) {
         Some(target_soc) => Ok(EnableRequest { target_soc }),
+        None => Err(errors),
+    }
+}
+
+/// Parses the optional body of `POST /api/charging/disable`: none (or `null`) means the app's
+/// "stop and cancel the schedule"; `{"keep_schedule": true}` keeps a recurring schedule.
+pub fn parse_disable_request(body: &[u8]) -> Result<DisableRequest, Vec<FieldError>> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(DisableRequest::default());
+    }
+    let body = match parse_body(body) {
+        Ok(b) => b,
+        Err(e) if e.iter().all(|f| f.kind == "missing") => return Ok(DisableRequest::default()),
+        Err(e) => return Err(e),
+    };
+    let mut errors = Vec::new();
+    match optional(&body, "keep_schedule", check_enabled, false, &mut errors) {
+        Some(keep_schedule) => Ok(DisableRequest { keep_schedule }),
         None => Err(errors),
     }
 }

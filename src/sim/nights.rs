@@ -1115,7 +1115,7 @@ impl World {
                 self.log(|| format!("recorded: {:?} {:?}", r.stop_reason, r.detail));
                 if matches!(
                     r.stop_reason,
-                    Some(StopReason::Missed | StopReason::Skipped)
+                    Some(StopReason::Missed | StopReason::Skipped | StopReason::ChargeFailed)
                 ) {
                     self.new_records.push(r);
                 } else {

@@ -85,16 +85,20 @@ const SCHEDULE_SHAPE: [(&str, J); 7] = [
     ("current_soc", J::OptInt),
 ];
 
-const CHARGE_STATUS_SHAPE: [(&str, J); 6] = [
+const CHARGE_STATUS_SHAPE: [(&str, J); 8] = [
     ("is_charging", J::Bool),
     ("current_soc", J::OptInt),
     ("target_soc", J::OptInt),
     ("charging_power", J::OptFloat),
     ("scheduled_next", J::OptStr),
-    ("last_updated", J::Str),
+    // When the last telemetry arrived: null before any.
+    ("last_updated", J::OptStr),
+    // [ext]
+    ("dongle_online", J::Bool),
+    ("dongle_last_seen", J::OptStr),
 ];
 
-const CHARGING_STATUS_SHAPE: [(&str, J); 12] = [
+const CHARGING_STATUS_SHAPE: [(&str, J); 14] = [
     ("is_enabled", J::Bool),
     ("is_charging", J::Bool),
     ("current_soc", J::OptInt),
@@ -105,8 +109,11 @@ const CHARGING_STATUS_SHAPE: [(&str, J); 12] = [
     ("scheduled_start", J::OptStr),
     ("scheduled_next", J::OptStr),
     ("charge_started_at", J::OptStr),
-    ("last_updated", J::Str),
+    ("last_updated", J::OptStr),
     ("mqtt_connected", J::Bool),
+    // [ext]
+    ("dongle_online", J::Bool),
+    ("dongle_last_seen", J::OptStr),
 ];
 
 const ENABLE_SHAPE: [(&str, J); 5] = [
@@ -258,8 +265,11 @@ async fn every_endpoint_answers_an_idle_service_with_exactly_the_contracts_keys_
             ("mqtt_connected", J::Bool),
             ("version", J::Str),
             ("uptime_seconds", J::Float),
+            ("dongle_online", J::Bool),
+            ("dongle_last_seen", J::OptStr),
         ],
     );
+    assert_eq!(health["dongle_online"], true);
     assert_eq!(health["status"], "ok");
     assert_eq!(health["mqtt_connected"], true);
     assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));

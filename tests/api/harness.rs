@@ -125,7 +125,12 @@ impl World {
             app: None,
             data: tempfile::tempdir().unwrap(),
             config,
-            http: reqwest::Client::new(),
+            // No pooled connections: the service closes idle ones after 30 s of its clock,
+            // which a test moves in jumps, and a reused closed connection would fail.
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("HTTP client"),
             base: String::new(),
         }
     }
@@ -313,6 +318,21 @@ impl World {
 
     pub async fn delete(&self, path: &str) -> (u16, Value) {
         answer(self.http.delete(format!("{}{path}", self.base))).await
+    }
+
+    /// A POST with no body at all, as the app sends some.
+    pub async fn post_empty(&self, path: &str) -> (u16, Value) {
+        answer(self.http.post(format!("{}{path}", self.base))).await
+    }
+
+    /// A GET whose answer is text.
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        let r = tokio::time::timeout(GUARD, self.http.get(format!("{}{path}", self.base)).send())
+            .await
+            .expect("answered")
+            .expect("sent");
+        let code = r.status().as_u16();
+        (code, r.text().await.unwrap_or_default())
     }
 }
 

@@ -10,6 +10,7 @@ mod docs;
 mod edge;
 mod guards;
 mod home_assistant;
+mod owner;
 mod process;
 mod resilience;
 mod sessions;

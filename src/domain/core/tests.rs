@@ -128,7 +128,15 @@ impl Rig {
         self.replies.iter().find(|(i, _)| *i == id).map(|(_, r)| r)
     }
 
+    /// Lets `d` pass, the dongle sending its heartbeat at the end of it.
     fn advance(&mut self, d: Duration) {
+        self.now.wall += d;
+        self.now.mono += d;
+        self.feed(Input::Dongle(DongleInput::Other));
+    }
+
+    /// Lets `d` pass with nothing heard from the dongle.
+    fn advance_quiet(&mut self, d: Duration) {
         self.now.wall += d;
         self.now.mono += d;
         self.feed(Input::Tick);
@@ -408,4 +416,102 @@ fn a_charge_running_into_the_minute_before_a_scheduled_start_does_not_wake_the_e
     rig.advance(90 * SEC);
     // 01:01:30, the charge running: no read ahead, and no deadline in the past.
     assert!(rig.core.next_wake(rig.now) >= Duration::from_secs(1));
+}
+
+#[test]
+fn a_recurring_schedule_stays_beside_a_charge_now_and_a_once_schedule_is_replaced() {
+    let mut rig = Rig::with_soc(40);
+    rig.schedule(ScheduleInput {
+        mode: Mode::Recurring,
+        ..once_at("02:30", 85)
+    });
+    let id = rig.command(Command::ChargeNow(target(50)));
+    rig.answer_snapshot();
+    rig.confirm_writes();
+    assert!(matches!(rig.reply(id), Some(Reply::Start(o)) if o.success));
+    let sched = rig.core.schedule().expect("kept");
+    assert_eq!((sched.mode, sched.target), (Mode::Recurring, target(85)));
+    // The status shows the charge now, as the app expects.
+    assert_eq!(rig.core.status().target_soc(), Some(target(50)));
+    assert_eq!(rig.core.status().mode(), Some(Mode::Once));
+
+    let mut rig = Rig::with_soc(40);
+    rig.schedule(once_at("02:30", 85));
+    rig.command(Command::ChargeNow(target(50)));
+    let sched = rig.core.schedule().expect("a one-shot for now");
+    assert_eq!((sched.mode, sched.target), (Mode::Once, target(50)));
+}
+
+#[test]
+fn stopping_with_the_schedule_kept_leaves_a_recurring_schedule_armed() {
+    let mut rig = Rig::with_soc(40);
+    rig.schedule(ScheduleInput {
+        mode: Mode::Recurring,
+        ..once_at("01:30", 85)
+    });
+    rig.advance(29 * MIN);
+    rig.answer_snapshot();
+    rig.advance(MIN);
+    rig.answer_snapshot();
+    rig.confirm_writes();
+    assert!(rig.core.status().is_charging());
+    let id = rig.command(Command::StopCharge);
+    rig.confirm_writes();
+    assert!(matches!(rig.reply(id), Some(Reply::Stop(o)) if o.success));
+    assert!(!rig.core.status().is_charging());
+    let sched = rig.core.schedule().expect("kept");
+    assert_eq!(
+        sched.next_run,
+        Some(local("2026-01-16T01:30")),
+        "tonight's is consumed"
+    );
+}
+
+#[test]
+fn charge_now_is_refused_at_once_when_the_dongle_has_sent_nothing() {
+    let mut rig = Rig::new(State::default());
+    let id = rig.command(Command::ChargeNow(target(80)));
+    match rig.reply(id) {
+        Some(Reply::Start(o)) => {
+            assert!(!o.success);
+            assert!(o.message.contains("mqtt.dongle_prefix"), "{}", o.message);
+        }
+        other => panic!("answered at once: {other:?}"),
+    }
+    assert!(rig.writes.is_empty() && rig.core.session().is_none());
+}
+
+#[test]
+fn a_scheduled_start_waits_for_a_silent_dongle_within_the_grace_then_records_the_failure() {
+    let mut rig = Rig::with_soc(40);
+    rig.schedule(ScheduleInput {
+        mode: Mode::Recurring,
+        ..once_at("01:30", 80)
+    });
+    rig.advance_quiet(30 * MIN);
+    assert!(
+        rig.core.session().is_none(),
+        "no start with the dongle silent"
+    );
+    assert!(rig.history.is_empty(), "still within the grace");
+    // Heard again within the grace: the charge starts, late.
+    rig.advance(5 * MIN);
+    rig.telemetry(40);
+    assert!(rig.core.session().is_some(), "started within the grace");
+
+    let mut rig = Rig::with_soc(40);
+    rig.schedule(ScheduleInput {
+        mode: Mode::Recurring,
+        ..once_at("01:30", 80)
+    });
+    rig.advance_quiet(30 * MIN);
+    rig.advance_quiet(11 * MIN);
+    assert!(rig.core.session().is_none());
+    assert_eq!(rig.history.len(), 1);
+    assert_eq!(rig.history[0].stop_reason, Some(StopReason::ChargeFailed));
+    let detail = rig.history[0].detail.as_deref().unwrap_or_default();
+    assert!(
+        detail.contains("nothing has been heard from the dongle"),
+        "{detail}"
+    );
 }
