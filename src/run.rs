@@ -34,12 +34,13 @@ pub async fn serve(config_path: &Path, data_dir: &Path) -> anyhow::Result<()> {
     for w in &loaded.warnings {
         warn!("config: {w}");
     }
+    let signal = shutdown_signal();
     info!(version = env!("CARGO_PKG_VERSION"), broker = %format!("{}:{}", config.mqtt.host, config.mqtt.port),
         dongle = %config.mqtt.dongle_prefix, "starting");
     let listener = app::bind(&config.server.host, config.server.port).await?;
     let app = app::start(&config, data_dir, Clock::System, listener).await?;
     crate::systemd::ready(app.engine.clone());
-    app.run_until(shutdown_signal()).await
+    app.run_until(signal).await
 }
 
 /// A running demo: broker, simulated dongle and service in this process.
@@ -97,9 +98,10 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         level: "info".into(),
         format: LogFormat::Text,
     });
+    let signal = shutdown_signal();
     let demo = start_demo(&args).await?;
     print_demo_banner(demo.app.addr, demo.broker_port, args.speed, &demo.data_dir);
-    let result = demo.app.run_until(shutdown_signal()).await;
+    let result = demo.app.run_until(signal).await;
     demo.sim.shutdown().await;
     result
 }
@@ -176,10 +178,11 @@ pub async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         tz: jiff::tz::TimeZone::system(),
         ..Default::default()
     };
+    let signal = shutdown_signal();
     let simulator = sim::dongle::spawn(&host, port, cfg, Clock::System);
     simulator.set_fault(fault(args.fault));
     info!(broker = %args.broker, prefix = %args.prefix, "simulated dongle running; Ctrl-C to stop");
-    shutdown_signal().await;
+    signal.await;
     simulator.shutdown().await;
     Ok(())
 }
@@ -259,24 +262,33 @@ fn probe(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGINT or SIGTERM (systemd and Docker send SIGTERM).
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGINT or SIGTERM (systemd and Docker send SIGTERM). The handlers are
+/// installed by this call, not when the future is first polled: a signal that arrives while
+/// the service is still starting (after its banner, say) then stops it gracefully instead of
+/// killing it.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            let recv = |s: std::io::Result<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Ok(mut s) => {
+                        s.recv().await;
+                    }
+                    Err(_) => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = recv(interrupt) => {}
+                _ = recv(terminate) => {}
             }
-            Err(_) => std::future::pending().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
