@@ -74,7 +74,7 @@ pub async fn start_demo(args: &DemoArgs) -> anyhow::Result<Demo> {
     let config = config::parse(&yaml, &EnvOverrides::default())
         .map_err(|p| anyhow::anyhow!("demo config: {p:?}"))?
         .config;
-    let (data_dir, tmp) = match &args.demo_data {
+    let (data_dir, tmp) = match &args.data_dir {
         Some(d) => (d.clone(), None),
         None => {
             let t = tempfile::Builder::new().prefix("solar-demo-").tempdir()?;

@@ -16,7 +16,7 @@ async fn the_demo_charges_to_the_target_and_stops_through_the_api() {
         speed: 900.0,
         soc: 50.0,
         firmware: FirmwareArg::Modern,
-        demo_data: None,
+        data_dir: None,
         fault: FaultArg::None,
     })
     .await
