@@ -54,6 +54,8 @@ pub struct Demo {
 
 /// Starts the demo's parts (used by `demo` and by its test).
 pub async fn start_demo(args: &DemoArgs) -> anyhow::Result<Demo> {
+    // First, so that a port in use fails before anything else has started.
+    let listener = bind_demo(&args.host, args.port).await?;
     let broker =
         sim::broker::start_embedded_broker(0).context("the embedded MQTT broker did not start")?;
     let prefix = "dongle-40:4C:CA:00:00:01";
@@ -81,7 +83,6 @@ pub async fn start_demo(args: &DemoArgs) -> anyhow::Result<Demo> {
             (t.path().to_path_buf(), Some(t))
         }
     };
-    let listener = app::bind(&config.server.host, config.server.port).await?;
     let app = app::start(&config, &data_dir, Clock::System, listener).await?;
     Ok(Demo {
         app,
@@ -90,6 +91,19 @@ pub async fn start_demo(args: &DemoArgs) -> anyhow::Result<Demo> {
         data_dir,
         _tmp: tmp,
     })
+}
+
+/// Binds the demo's HTTP port. Its port comes from `--port` (or `SERVER_PORT`), not from a
+/// config file, so the error names those.
+async fn bind_demo(host: &str, port: u16) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind((host, port))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {host}:{port}: is another program (or another demo) using the port? Start the demo on another one with --port, e.g. `solar-charging-backend demo --port {}` (SERVER_PORT works too)",
+                port.wrapping_add(1).max(1024)
+            )
+        })
 }
 
 /// `demo`: an embedded broker, the simulated dongle and the service, all in this process.

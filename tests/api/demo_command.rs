@@ -1,4 +1,5 @@
-//! The `demo` command as a user runs it: where it keeps its state.
+//! The `demo` command as a user runs it: where it keeps its state, and what it says when its
+//! port is taken.
 
 use std::io::{BufRead as _, BufReader, Lines};
 use std::path::Path;
@@ -114,4 +115,27 @@ fn demo_keeps_its_state_in_the_data_dir_given_on_its_command_line() {
     let schedule = request(again.port, "GET", "/api/charge/schedule", "");
     assert!(schedule.contains("\"target_soc\":77"), "{schedule}");
     again.stop();
+}
+
+#[test]
+fn demo_on_a_port_in_use_says_to_pick_another_with_the_port_flag() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = Command::new(BIN)
+        .args(["demo", "--port", &port])
+        .env_remove("SERVER_PORT")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{port}")),
+        "names the address: {stderr}"
+    );
+    assert!(stderr.contains("--port"), "names the flag: {stderr}");
+    assert!(
+        !stderr.contains("server.port"),
+        "the demo has no config file to change: {stderr}"
+    );
+    drop(taken);
 }
