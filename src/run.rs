@@ -52,25 +52,34 @@ pub struct Demo {
     _tmp: Option<tempfile::TempDir>,
 }
 
+/// The simulated dongle's ID in the demo.
+const DEMO_PREFIX: &str = "dongle-40:4C:CA:00:00:01";
+
+/// How often the demo's legacy dongle publishes its hold bank. Real ones take a minute or
+/// more, but legacy firmware has no read request: the service reads a setting back from the
+/// next bank, waiting at most `charging.readback_timeout_s` (10 s), after a write that got no
+/// answer (`--fault late-apply`), and before a charge when it has not heard the settings yet.
+/// Every 5 s, like the telemetry, those reads find a bank in time.
+const DEMO_HOLD_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long the demo waits for its service to reach the embedded broker before starting the
+/// simulated dongle anyway.
+const DEMO_CONNECT_WAIT: Duration = Duration::from_secs(5);
+
 /// Starts the demo's parts (used by `demo` and by its test).
 pub async fn start_demo(args: &DemoArgs) -> anyhow::Result<Demo> {
+    start_demo_with_clock(args, Clock::System).await
+}
+
+/// [`start_demo`] on a given clock (a test's manual clock moves the service, the dongle and
+/// its physics together).
+pub async fn start_demo_with_clock(args: &DemoArgs, clock: Clock) -> anyhow::Result<Demo> {
     // First, so that a port in use fails before anything else has started.
     let listener = bind_demo(&args.host, args.port).await?;
     let broker =
         sim::broker::start_embedded_broker(0).context("the embedded MQTT broker did not start")?;
-    let prefix = "dongle-40:4C:CA:00:00:01";
-    let sim_cfg = sim::dongle::SimConfig {
-        prefix: prefix.into(),
-        firmware: firmware(args.firmware),
-        speed: args.speed,
-        initial_soc: args.soc,
-        tz: jiff::tz::TimeZone::system(),
-        ..Default::default()
-    };
-    let simulator = sim::dongle::spawn("127.0.0.1", broker.port, sim_cfg, Clock::System);
-    simulator.set_fault(fault(args.fault));
     let yaml = format!(
-        "mqtt: {{host: 127.0.0.1, port: {}, dongle_prefix: \"{prefix}\", client_id: solar-demo}}\nserver: {{host: \"{}\", port: {}}}\n",
+        "mqtt: {{host: 127.0.0.1, port: {}, dongle_prefix: \"{DEMO_PREFIX}\", client_id: solar-demo}}\nserver: {{host: \"{}\", port: {}}}\n",
         broker.port, args.host, args.port
     );
     let config = config::parse(&yaml, &EnvOverrides::default())
@@ -83,7 +92,30 @@ pub async fn start_demo(args: &DemoArgs) -> anyhow::Result<Demo> {
             (t.path().to_path_buf(), Some(t))
         }
     };
-    let app = app::start(&config, &data_dir, Clock::System, listener).await?;
+    let app = app::start(&config, &data_dir, clock.clone(), listener).await?;
+    // The dongle publishes its telemetry and (legacy) hold bank when it connects, and nothing
+    // is retained: started before the service listens, those reports would be lost, and a
+    // charge asked for at once would find no settings to put back at its end.
+    let mut status = app.engine.watch();
+    if tokio::time::timeout(DEMO_CONNECT_WAIT, status.wait_for(|s| s.mqtt_connected))
+        .await
+        .is_err()
+    {
+        warn!(
+            "the demo's service has not reached the embedded broker yet; starting the simulated dongle anyway"
+        );
+    }
+    let sim_cfg = sim::dongle::SimConfig {
+        prefix: DEMO_PREFIX.into(),
+        firmware: firmware(args.firmware),
+        hold_interval: Some(DEMO_HOLD_INTERVAL),
+        speed: args.speed,
+        initial_soc: args.soc,
+        tz: jiff::tz::TimeZone::system(),
+        ..Default::default()
+    };
+    let simulator = sim::dongle::spawn("127.0.0.1", broker.port, sim_cfg, clock);
+    simulator.set_fault(fault(args.fault));
     Ok(Demo {
         app,
         sim: simulator,
