@@ -49,6 +49,8 @@ pub struct Demo {
     pub sim: sim::dongle::SimHandle,
     pub broker_port: u16,
     pub data_dir: PathBuf,
+    /// The config the demo's service runs with (its charging timeouts scaled by `--speed`).
+    pub config: config::Config,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -66,6 +68,44 @@ const DEMO_HOLD_INTERVAL: Duration = Duration::from_secs(5);
 /// simulated dongle anyway.
 const DEMO_CONNECT_WAIT: Duration = Duration::from_secs(5);
 
+/// The charging timeouts of the demo's service. Those that measure what the battery does (how
+/// long a charge may run, how long SOC may stay flat, how long a full battery tapers) are
+/// divided by `--speed` like the physics, so that `--fault soc-frozen` ends a charge in about
+/// a minute instead of half an hour. Each stays within the range the config accepts.
+/// `stale_after_s` is not scaled: it measures the dongle's silence, and the simulated dongle
+/// reports in real time (telemetry every 5 s, heartbeat every 30 s).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DemoTimeouts {
+    pub safety_cutoff: Duration,
+    pub stall_minutes: u32,
+    pub taper_minutes: u32,
+}
+
+impl DemoTimeouts {
+    pub fn for_speed(speed: f64) -> DemoTimeouts {
+        let real = config::ChargingConfig::default();
+        // The config's limits: 0.05..=23.5 h, 1..=600 min, 1..=240 min.
+        let cutoff_s = (real.safety_cutoff.as_secs_f64() / speed).clamp(180.0, 23.5 * 3600.0);
+        let minutes = |m: u32, max: f64| (f64::from(m) / speed).ceil().clamp(1.0, max) as u32;
+        DemoTimeouts {
+            // Whole seconds, so that the hours written to the config read back exactly.
+            safety_cutoff: Duration::from_secs(cutoff_s.ceil() as u64),
+            stall_minutes: minutes(real.stall_minutes, 600.0),
+            taper_minutes: minutes(real.taper_minutes, 240.0),
+        }
+    }
+
+    /// The `charging:` keys that set them.
+    fn yaml(&self) -> String {
+        format!(
+            "{{safety_cutoff_hours: {}, stall_minutes: {}, taper_minutes: {}}}",
+            self.safety_cutoff.as_secs_f64() / 3600.0,
+            self.stall_minutes,
+            self.taper_minutes
+        )
+    }
+}
+
 /// Starts the demo's parts (used by `demo` and by its test).
 pub async fn start_demo(args: &DemoArgs) -> anyhow::Result<Demo> {
     start_demo_with_clock(args, Clock::System).await
@@ -74,17 +114,35 @@ pub async fn start_demo(args: &DemoArgs) -> anyhow::Result<Demo> {
 /// [`start_demo`] on a given clock (a test's manual clock moves the service, the dongle and
 /// its physics together).
 pub async fn start_demo_with_clock(args: &DemoArgs, clock: Clock) -> anyhow::Result<Demo> {
+    anyhow::ensure!(
+        args.speed.is_finite() && args.speed > 0.0,
+        "--speed must be a number above 0 (got {})",
+        args.speed
+    );
     // First, so that a port in use fails before anything else has started.
     let listener = bind_demo(&args.host, args.port).await?;
     let broker =
         sim::broker::start_embedded_broker(0).context("the embedded MQTT broker did not start")?;
+    let timeouts = DemoTimeouts::for_speed(args.speed);
     let yaml = format!(
-        "mqtt: {{host: 127.0.0.1, port: {}, dongle_prefix: \"{DEMO_PREFIX}\", client_id: solar-demo}}\nserver: {{host: \"{}\", port: {}}}\n",
-        broker.port, args.host, args.port
+        "mqtt: {{host: 127.0.0.1, port: {}, dongle_prefix: \"{DEMO_PREFIX}\", client_id: solar-demo}}\nserver: {{host: \"{}\", port: {}}}\ncharging: {}\n",
+        broker.port,
+        args.host,
+        args.port,
+        timeouts.yaml()
     );
     let config = config::parse(&yaml, &EnvOverrides::default())
         .map_err(|p| anyhow::anyhow!("demo config: {p:?}"))?
         .config;
+    let c = &config.charging;
+    info!(
+        speed = args.speed,
+        safety_cutoff_min = c.safety_cutoff.as_secs_f64() / 60.0,
+        stall_minutes = c.stall_minutes,
+        taper_minutes = c.taper_minutes,
+        stale_after_s = c.stale_after.as_secs(),
+        "demo: the charging timeouts are divided by --speed like the battery physics (the dongle-silence limit stays in real time, as the simulated dongle reports)"
+    );
     let (data_dir, tmp) = match &args.data_dir {
         Some(d) => (d.clone(), None),
         None => {
@@ -121,6 +179,7 @@ pub async fn start_demo_with_clock(args: &DemoArgs, clock: Clock) -> anyhow::Res
         sim: simulator,
         broker_port: broker.port,
         data_dir,
+        config,
         _tmp: tmp,
     })
 }
@@ -146,14 +205,15 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     });
     let signal = shutdown_signal();
     let demo = start_demo(&args).await?;
-    print_demo_banner(demo.app.addr, demo.broker_port, args.speed, &demo.data_dir);
+    print_demo_banner(&demo, args.speed);
     let result = demo.app.run_until(signal).await;
     demo.sim.shutdown().await;
     result
 }
 
-fn print_demo_banner(addr: std::net::SocketAddr, broker_port: u16, speed: f64, data: &Path) {
-    let base = format!("http://{addr}");
+fn print_demo_banner(demo: &Demo, speed: f64) {
+    let base = format!("http://{}", demo.app.addr);
+    let c = &demo.config.charging;
     let in2 = jiff::Timestamp::now()
         .checked_add(jiff::SignedDuration::from_mins(2))
         .map(|t| {
@@ -166,6 +226,8 @@ fn print_demo_banner(addr: std::net::SocketAddr, broker_port: u16, speed: f64, d
         r#"
   Demo running: a simulated inverter (battery physics {speed}x faster) behind an embedded
   MQTT broker on 127.0.0.1:{broker_port}. No real inverter is touched. State: {data}
+  The safety stops are sped up as much: a charge runs at most {cutoff} min, and ends when SOC
+  has not risen for {stall} min (the service's defaults: 8 h and 30 min).
 
   Dashboard:  {base}/
   API docs:   {base}/docs
@@ -179,7 +241,10 @@ fn print_demo_banner(addr: std::net::SocketAddr, broker_port: u16, speed: f64, d
 
   Press Ctrl-C to stop.
 "#,
-        data = data.display()
+        broker_port = demo.broker_port,
+        data = demo.data_dir.display(),
+        cutoff = (c.safety_cutoff.as_secs_f64() / 60.0).round(),
+        stall = c.stall_minutes,
     );
 }
 
@@ -336,5 +401,58 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(not(unix))]
     async {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn the_demos_battery_timeouts_are_divided_by_its_speed_within_the_configs_limits() {
+        let t = |speed| DemoTimeouts::for_speed(speed);
+        let real = t(1.0);
+        assert_eq!(real.safety_cutoff, 8 * 60 * MIN);
+        assert_eq!((real.stall_minutes, real.taper_minutes), (30, 10));
+        let demo = t(60.0);
+        assert_eq!(demo.safety_cutoff, 8 * MIN);
+        assert_eq!((demo.stall_minutes, demo.taper_minutes), (1, 1));
+        // Never below what the config accepts: 3 min, one minute each.
+        let fast = t(900.0);
+        assert_eq!(fast.safety_cutoff, 3 * MIN);
+        assert_eq!((fast.stall_minutes, fast.taper_minutes), (1, 1));
+        // Slower than real time, longer, up to the config's limits.
+        let slow = t(0.5);
+        assert_eq!(slow.safety_cutoff, 16 * 60 * MIN);
+        assert_eq!((slow.stall_minutes, slow.taper_minutes), (60, 20));
+        assert_eq!(t(0.01).safety_cutoff, Duration::from_secs(23 * 3600 + 1800));
+        // Rounded up: a timeout is never shorter than the physics it stands for.
+        assert_eq!(t(7.0).stall_minutes, 5);
+    }
+
+    #[test]
+    fn the_timeouts_read_back_from_the_demos_config_as_they_were_set() {
+        for speed in [1.0, 7.0, 60.0, 900.0] {
+            let t = DemoTimeouts::for_speed(speed);
+            let yaml = format!(
+                "mqtt: {{host: h, dongle_prefix: d}}\ncharging: {}\n",
+                t.yaml()
+            );
+            let c = config::parse(&yaml, &EnvOverrides::default())
+                .unwrap()
+                .config
+                .charging;
+            assert_eq!(
+                c.safety_cutoff.as_secs(),
+                t.safety_cutoff.as_secs(),
+                "{speed}"
+            );
+            assert_eq!(
+                (c.stall_minutes, c.taper_minutes),
+                (t.stall_minutes, t.taper_minutes)
+            );
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! The `demo` command's wiring: an accelerated charge starts and stops at its target through
 //! the HTTP API, in real time; and, on a manual clock, a legacy dongle's charge puts the
-//! settings back.
+//! settings back and the stall stop is as fast as the physics.
 
 use std::time::Duration;
 
@@ -124,6 +124,40 @@ async fn a_legacy_demo_charge_leaves_the_registers_as_it_found_them() {
     assert_eq!(
         sim.holds, found,
         "every register is back as the charge found it"
+    );
+    demo.app.shutdown().await;
+    demo.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_frozen_soc_the_demo_stops_as_stalled_within_its_sped_up_minute() {
+    let (demo, clock) = manual_demo(args(FirmwareArg::Modern, FaultArg::SocFrozen, 60.0)).await;
+    let c = &demo.config.charging;
+    assert_eq!(c.stall_minutes, 1, "30 min at 60x");
+    assert_eq!(c.taper_minutes, 1, "10 min at 60x, at least one");
+    assert_eq!(c.safety_cutoff, Duration::from_secs(8 * 60), "8 h at 60x");
+    assert_eq!(
+        c.stale_after,
+        Duration::from_secs(90),
+        "the dongle reports in real time"
+    );
+    charge_now(&demo, &clock, 80).await;
+    let (ended, took) = run_to_the_end(
+        &demo,
+        &clock,
+        Duration::from_secs(5),
+        Duration::from_secs(31 * 60),
+    )
+    .await;
+    assert_eq!(
+        ended.last_stop.as_ref().map(|l| l.0),
+        Some(StopReason::Stalled),
+        "{:?}",
+        ended.last_stop
+    );
+    assert!(
+        took <= Duration::from_secs(120),
+        "stopped after {took:?} of demo time"
     );
     demo.app.shutdown().await;
     demo.sim.shutdown().await;
