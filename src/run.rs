@@ -16,6 +16,8 @@ use crate::config::{self, ConfigError, EnvOverrides, LogFormat, LoggingConfig};
 use crate::logging;
 use crate::sim;
 
+mod placeholders;
+
 /// `serve`: the service itself.
 pub async fn serve(config_path: &Path, data_dir: &Path) -> anyhow::Result<()> {
     let loaded = match config::load_file(config_path, &EnvOverrides::from_process()) {
@@ -33,6 +35,9 @@ pub async fn serve(config_path: &Path, data_dir: &Path) -> anyhow::Result<()> {
     logging::init(&config.logging);
     for w in &loaded.warnings {
         warn!("config: {w}");
+    }
+    for p in placeholders::placeholders(&config) {
+        warn!("config: {p}");
     }
     let signal = shutdown_signal();
     info!(version = env!("CARGO_PKG_VERSION"), broker = %format!("{}:{}", config.mqtt.host, config.mqtt.port),
@@ -298,16 +303,32 @@ pub async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `check-config`: every problem with its key path, exit 1 if any.
+/// `check-config`: every problem with its key path, exit 1 if any; warnings (unknown keys,
+/// the example's placeholders) leave it valid.
 pub fn check_config(path: &Path) -> ExitCode {
     match config::load_file(path, &EnvOverrides::from_process()) {
         Ok(l) => {
-            for w in &l.warnings {
+            let c = &l.config;
+            let warnings: Vec<String> = l
+                .warnings
+                .iter()
+                .map(ToString::to_string)
+                .chain(
+                    placeholders::placeholders(c)
+                        .iter()
+                        .map(ToString::to_string),
+                )
+                .collect();
+            for w in &warnings {
                 println!("warning: {w}");
             }
-            let c = &l.config;
+            let verdict = match warnings.len() {
+                0 => "is valid".to_string(),
+                1 => "is valid, with a warning (above)".to_string(),
+                n => format!("is valid, with {n} warnings (above)"),
+            };
             println!(
-                "{} is valid: broker {}:{}, dongle {}, HTTP on {}:{}, time zone {}, safety cutoff {:.2} h",
+                "{} {verdict}: broker {}:{}, dongle {}, HTTP on {}:{}, time zone {}, safety cutoff {:.2} h",
                 path.display(),
                 c.mqtt.host,
                 c.mqtt.port,
