@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum};
 
 use crate::config::{MqttConfig, ServerConfig};
 
@@ -16,11 +17,48 @@ pub struct Cli {
     /// The config file (the old backend's config.yaml format).
     #[arg(long, global = true, env = "SBC_CONFIG", default_value = "config.yaml")]
     pub config: PathBuf,
-    /// Where the schedule, a running charge and the history are kept.
+    /// Where the schedule, a running charge and the history are kept. For `demo`, only this
+    /// flag counts (not `SBC_DATA_DIR`): without it the demo uses a fresh folder.
     #[arg(long, global = true, env = "SBC_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+impl Cli {
+    /// Parses the process's command line; prints help or the error and exits on a bad one.
+    pub fn from_command_line() -> Cli {
+        Cli::try_from_args(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// Parses a command line (the program name first).
+    ///
+    /// `demo --data-dir DIR` keeps the demo's state in DIR. The flag is global, so its default
+    /// (`data`) and `SBC_DATA_DIR` would otherwise reach the demo too: only a value typed on
+    /// the command line is handed to it, so that a demo never writes into the service's own
+    /// state because of an environment variable set for the service.
+    pub fn try_from_args<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut command = Cli::command();
+        let matches = command.try_get_matches_from_mut(args)?;
+        let mut cli = Cli::from_arg_matches(&matches)?;
+        let typed = matches.value_source("data_dir") == Some(ValueSource::CommandLine);
+        if let (true, Some(Command::Demo(demo))) = (typed, &mut cli.command) {
+            match &demo.data_dir {
+                Some(older) if *older != cli.data_dir => {
+                    return Err(command.error(
+                        clap::error::ErrorKind::ArgumentConflict,
+                        "--demo-data is the older name of --data-dir: give one of them",
+                    ));
+                }
+                _ => demo.data_dir = Some(cli.data_dir.clone()),
+            }
+        }
+        Ok(cli)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -86,9 +124,10 @@ pub struct DemoArgs {
     /// Which dongle firmware generation to simulate.
     #[arg(long, value_enum, default_value_t = FirmwareArg::Modern)]
     pub firmware: FirmwareArg,
-    /// Where the demo keeps its state (a fresh folder each run when omitted).
-    #[arg(long)]
-    pub demo_data: Option<PathBuf>,
+    /// Where the demo keeps its state: `--data-dir DIR` (or its older name `--demo-data`) on
+    /// the command line; a fresh folder each run when omitted.
+    #[arg(id = "demo_data", long = "demo-data", hide = true)]
+    pub data_dir: Option<PathBuf>,
     /// Make the simulated dongle misbehave, to see how the service copes.
     #[arg(long, value_enum, default_value_t = FaultArg::None)]
     pub fault: FaultArg,
@@ -111,4 +150,53 @@ pub struct SimulateArgs {
     /// Make the simulated dongle misbehave.
     #[arg(long, value_enum, default_value_t = FaultArg::None)]
     pub fault: FaultArg,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn demo_dir(args: &[&str]) -> Result<Option<PathBuf>, clap::Error> {
+        let cli = Cli::try_from_args(
+            std::iter::once("solar-charging-backend").chain(args.iter().copied()),
+        )?;
+        match cli.command {
+            Some(Command::Demo(d)) => Ok(d.data_dir),
+            other => panic!("not a demo: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn demo_keeps_its_state_where_data_dir_says_wherever_it_is_given() {
+        assert_eq!(
+            demo_dir(&["demo", "--data-dir", "d"]).unwrap(),
+            Some("d".into())
+        );
+        assert_eq!(
+            demo_dir(&["--data-dir", "d", "demo"]).unwrap(),
+            Some("d".into())
+        );
+    }
+
+    #[test]
+    fn demo_data_still_works_as_the_older_name_of_data_dir() {
+        assert_eq!(
+            demo_dir(&["demo", "--demo-data", "d"]).unwrap(),
+            Some("d".into())
+        );
+        assert_eq!(
+            demo_dir(&["demo", "--demo-data", "d", "--data-dir", "d"]).unwrap(),
+            Some("d".into())
+        );
+        let both = demo_dir(&["demo", "--demo-data", "a", "--data-dir", "b"]).unwrap_err();
+        assert!(both.to_string().contains("--demo-data"), "{both}");
+    }
+
+    #[test]
+    fn without_the_flag_the_demo_takes_a_fresh_folder_not_the_services_default() {
+        assert_eq!(demo_dir(&["demo"]).unwrap(), None);
+        let serve =
+            Cli::try_from_args(["solar-charging-backend", "serve", "--data-dir", "s"]).unwrap();
+        assert_eq!(serve.data_dir, PathBuf::from("s"));
+    }
 }

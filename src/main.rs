@@ -2,12 +2,11 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use solar_charging_backend::cli::{Cli, Command};
 use solar_charging_backend::{logging, run};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::from_command_line();
     match cli.command {
         Some(Command::CheckConfig) => run::check_config(&cli.config),
         Some(Command::Healthcheck { url }) => run::healthcheck(url),

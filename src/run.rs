@@ -16,6 +16,8 @@ use crate::config::{self, ConfigError, EnvOverrides, LogFormat, LoggingConfig};
 use crate::logging;
 use crate::sim;
 
+mod placeholders;
+
 /// `serve`: the service itself.
 pub async fn serve(config_path: &Path, data_dir: &Path) -> anyhow::Result<()> {
     let loaded = match config::load_file(config_path, &EnvOverrides::from_process()) {
@@ -34,12 +36,16 @@ pub async fn serve(config_path: &Path, data_dir: &Path) -> anyhow::Result<()> {
     for w in &loaded.warnings {
         warn!("config: {w}");
     }
+    for p in placeholders::placeholders(&config) {
+        warn!("config: {p}");
+    }
+    let signal = shutdown_signal();
     info!(version = env!("CARGO_PKG_VERSION"), broker = %format!("{}:{}", config.mqtt.host, config.mqtt.port),
         dongle = %config.mqtt.dongle_prefix, "starting");
     let listener = app::bind(&config.server.host, config.server.port).await?;
     let app = app::start(&config, data_dir, Clock::System, listener).await?;
     crate::systemd::ready(app.engine.clone());
-    app.run_until(shutdown_signal()).await
+    app.run_until(signal).await
 }
 
 /// A running demo: broker, simulated dongle and service in this process.
@@ -48,47 +54,152 @@ pub struct Demo {
     pub sim: sim::dongle::SimHandle,
     pub broker_port: u16,
     pub data_dir: PathBuf,
+    /// The config the demo's service runs with (its charging timeouts scaled by `--speed`).
+    pub config: config::Config,
     _tmp: Option<tempfile::TempDir>,
+}
+
+/// The simulated dongle's ID in the demo.
+const DEMO_PREFIX: &str = "dongle-40:4C:CA:00:00:01";
+
+/// How often the demo's legacy dongle publishes its hold bank. Real ones take a minute or
+/// more, but legacy firmware has no read request: the service reads a setting back from the
+/// next bank, waiting at most `charging.readback_timeout_s` (10 s), after a write that got no
+/// answer (`--fault late-apply`), and before a charge when it has not heard the settings yet.
+/// Every 5 s, like the telemetry, those reads find a bank in time.
+const DEMO_HOLD_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long the demo waits for its service to reach the embedded broker before starting the
+/// simulated dongle anyway.
+const DEMO_CONNECT_WAIT: Duration = Duration::from_secs(5);
+
+/// The charging timeouts of the demo's service. Those that measure what the battery does (how
+/// long a charge may run, how long SOC may stay flat, how long a full battery tapers) are
+/// divided by `--speed` like the physics, so that `--fault soc-frozen` ends a charge in about
+/// a minute instead of half an hour. Each stays within the range the config accepts.
+/// `stale_after_s` is not scaled: it measures the dongle's silence, and the simulated dongle
+/// reports in real time (telemetry every 5 s, heartbeat every 30 s).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DemoTimeouts {
+    pub safety_cutoff: Duration,
+    pub stall_minutes: u32,
+    pub taper_minutes: u32,
+}
+
+impl DemoTimeouts {
+    pub fn for_speed(speed: f64) -> DemoTimeouts {
+        let real = config::ChargingConfig::default();
+        // The config's limits: 0.05..=23.5 h, 1..=600 min, 1..=240 min.
+        let cutoff_s = (real.safety_cutoff.as_secs_f64() / speed).clamp(180.0, 23.5 * 3600.0);
+        let minutes = |m: u32, max: f64| (f64::from(m) / speed).ceil().clamp(1.0, max) as u32;
+        DemoTimeouts {
+            // Whole seconds, so that the hours written to the config read back exactly.
+            safety_cutoff: Duration::from_secs(cutoff_s.ceil() as u64),
+            stall_minutes: minutes(real.stall_minutes, 600.0),
+            taper_minutes: minutes(real.taper_minutes, 240.0),
+        }
+    }
+
+    /// The `charging:` keys that set them.
+    fn yaml(&self) -> String {
+        format!(
+            "{{safety_cutoff_hours: {}, stall_minutes: {}, taper_minutes: {}}}",
+            self.safety_cutoff.as_secs_f64() / 3600.0,
+            self.stall_minutes,
+            self.taper_minutes
+        )
+    }
 }
 
 /// Starts the demo's parts (used by `demo` and by its test).
 pub async fn start_demo(args: &DemoArgs) -> anyhow::Result<Demo> {
+    start_demo_with_clock(args, Clock::System).await
+}
+
+/// [`start_demo`] on a given clock (a test's manual clock moves the service, the dongle and
+/// its physics together).
+pub async fn start_demo_with_clock(args: &DemoArgs, clock: Clock) -> anyhow::Result<Demo> {
+    anyhow::ensure!(
+        args.speed.is_finite() && args.speed > 0.0,
+        "--speed must be a number above 0 (got {})",
+        args.speed
+    );
+    // First, so that a port in use fails before anything else has started.
+    let listener = bind_demo(&args.host, args.port).await?;
     let broker =
         sim::broker::start_embedded_broker(0).context("the embedded MQTT broker did not start")?;
-    let prefix = "dongle-40:4C:CA:00:00:01";
-    let sim_cfg = sim::dongle::SimConfig {
-        prefix: prefix.into(),
-        firmware: firmware(args.firmware),
-        speed: args.speed,
-        initial_soc: args.soc,
-        tz: jiff::tz::TimeZone::system(),
-        ..Default::default()
-    };
-    let simulator = sim::dongle::spawn("127.0.0.1", broker.port, sim_cfg, Clock::System);
-    simulator.set_fault(fault(args.fault));
+    let timeouts = DemoTimeouts::for_speed(args.speed);
     let yaml = format!(
-        "mqtt: {{host: 127.0.0.1, port: {}, dongle_prefix: \"{prefix}\", client_id: solar-demo}}\nserver: {{host: \"{}\", port: {}}}\n",
-        broker.port, args.host, args.port
+        "mqtt: {{host: 127.0.0.1, port: {}, dongle_prefix: \"{DEMO_PREFIX}\", client_id: solar-demo}}\nserver: {{host: \"{}\", port: {}}}\ncharging: {}\n",
+        broker.port,
+        args.host,
+        args.port,
+        timeouts.yaml()
     );
     let config = config::parse(&yaml, &EnvOverrides::default())
         .map_err(|p| anyhow::anyhow!("demo config: {p:?}"))?
         .config;
-    let (data_dir, tmp) = match &args.demo_data {
+    let c = &config.charging;
+    info!(
+        speed = args.speed,
+        safety_cutoff_min = c.safety_cutoff.as_secs_f64() / 60.0,
+        stall_minutes = c.stall_minutes,
+        taper_minutes = c.taper_minutes,
+        stale_after_s = c.stale_after.as_secs(),
+        "demo: the charging timeouts are divided by --speed like the battery physics (the dongle-silence limit stays in real time, as the simulated dongle reports)"
+    );
+    let (data_dir, tmp) = match &args.data_dir {
         Some(d) => (d.clone(), None),
         None => {
             let t = tempfile::Builder::new().prefix("solar-demo-").tempdir()?;
             (t.path().to_path_buf(), Some(t))
         }
     };
-    let listener = app::bind(&config.server.host, config.server.port).await?;
-    let app = app::start(&config, &data_dir, Clock::System, listener).await?;
+    let app = app::start(&config, &data_dir, clock.clone(), listener).await?;
+    // The dongle publishes its telemetry and (legacy) hold bank when it connects, and nothing
+    // is retained: started before the service listens, those reports would be lost, and a
+    // charge asked for at once would find no settings to put back at its end.
+    let mut status = app.engine.watch();
+    if tokio::time::timeout(DEMO_CONNECT_WAIT, status.wait_for(|s| s.mqtt_connected))
+        .await
+        .is_err()
+    {
+        warn!(
+            "the demo's service has not reached the embedded broker yet; starting the simulated dongle anyway"
+        );
+    }
+    let sim_cfg = sim::dongle::SimConfig {
+        prefix: DEMO_PREFIX.into(),
+        firmware: firmware(args.firmware),
+        hold_interval: Some(DEMO_HOLD_INTERVAL),
+        speed: args.speed,
+        initial_soc: args.soc,
+        tz: jiff::tz::TimeZone::system(),
+        ..Default::default()
+    };
+    let simulator = sim::dongle::spawn("127.0.0.1", broker.port, sim_cfg, clock);
+    simulator.set_fault(fault(args.fault));
     Ok(Demo {
         app,
         sim: simulator,
         broker_port: broker.port,
         data_dir,
+        config,
         _tmp: tmp,
     })
+}
+
+/// Binds the demo's HTTP port. Its port comes from `--port` (or `SERVER_PORT`), not from a
+/// config file, so the error names those.
+async fn bind_demo(host: &str, port: u16) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind((host, port))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {host}:{port}: is another program (or another demo) using the port? Start the demo on another one with --port, e.g. `solar-charging-backend demo --port {}` (SERVER_PORT works too)",
+                port.wrapping_add(1).max(1024)
+            )
+        })
 }
 
 /// `demo`: an embedded broker, the simulated dongle and the service, all in this process.
@@ -97,15 +208,17 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         level: "info".into(),
         format: LogFormat::Text,
     });
+    let signal = shutdown_signal();
     let demo = start_demo(&args).await?;
-    print_demo_banner(demo.app.addr, demo.broker_port, args.speed, &demo.data_dir);
-    let result = demo.app.run_until(shutdown_signal()).await;
+    print_demo_banner(&demo, args.speed);
+    let result = demo.app.run_until(signal).await;
     demo.sim.shutdown().await;
     result
 }
 
-fn print_demo_banner(addr: std::net::SocketAddr, broker_port: u16, speed: f64, data: &Path) {
-    let base = format!("http://{addr}");
+fn print_demo_banner(demo: &Demo, speed: f64) {
+    let base = format!("http://{}", demo.app.addr);
+    let c = &demo.config.charging;
     let in2 = jiff::Timestamp::now()
         .checked_add(jiff::SignedDuration::from_mins(2))
         .map(|t| {
@@ -118,6 +231,8 @@ fn print_demo_banner(addr: std::net::SocketAddr, broker_port: u16, speed: f64, d
         r#"
   Demo running: a simulated inverter (battery physics {speed}x faster) behind an embedded
   MQTT broker on 127.0.0.1:{broker_port}. No real inverter is touched. State: {data}
+  The safety stops are sped up as much: a charge runs at most {cutoff} min, and ends when SOC
+  has not risen for {stall} min (the service's defaults: 8 h and 30 min).
 
   Dashboard:  {base}/
   API docs:   {base}/docs
@@ -131,7 +246,10 @@ fn print_demo_banner(addr: std::net::SocketAddr, broker_port: u16, speed: f64, d
 
   Press Ctrl-C to stop.
 "#,
-        data = data.display()
+        broker_port = demo.broker_port,
+        data = demo.data_dir.display(),
+        cutoff = (c.safety_cutoff.as_secs_f64() / 60.0).round(),
+        stall = c.stall_minutes,
     );
 }
 
@@ -176,24 +294,41 @@ pub async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         tz: jiff::tz::TimeZone::system(),
         ..Default::default()
     };
+    let signal = shutdown_signal();
     let simulator = sim::dongle::spawn(&host, port, cfg, Clock::System);
     simulator.set_fault(fault(args.fault));
     info!(broker = %args.broker, prefix = %args.prefix, "simulated dongle running; Ctrl-C to stop");
-    shutdown_signal().await;
+    signal.await;
     simulator.shutdown().await;
     Ok(())
 }
 
-/// `check-config`: every problem with its key path, exit 1 if any.
+/// `check-config`: every problem with its key path, exit 1 if any; warnings (unknown keys,
+/// the example's placeholders) leave it valid.
 pub fn check_config(path: &Path) -> ExitCode {
     match config::load_file(path, &EnvOverrides::from_process()) {
         Ok(l) => {
-            for w in &l.warnings {
+            let c = &l.config;
+            let warnings: Vec<String> = l
+                .warnings
+                .iter()
+                .map(ToString::to_string)
+                .chain(
+                    placeholders::placeholders(c)
+                        .iter()
+                        .map(ToString::to_string),
+                )
+                .collect();
+            for w in &warnings {
                 println!("warning: {w}");
             }
-            let c = &l.config;
+            let verdict = match warnings.len() {
+                0 => "is valid".to_string(),
+                1 => "is valid, with a warning (above)".to_string(),
+                n => format!("is valid, with {n} warnings (above)"),
+            };
             println!(
-                "{} is valid: broker {}:{}, dongle {}, HTTP on {}:{}, time zone {}, safety cutoff {:.2} h",
+                "{} {verdict}: broker {}:{}, dongle {}, HTTP on {}:{}, time zone {}, safety cutoff {:.2} h",
                 path.display(),
                 c.mqtt.host,
                 c.mqtt.port,
@@ -260,24 +395,86 @@ fn probe(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGINT or SIGTERM (systemd and Docker send SIGTERM).
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGINT or SIGTERM (systemd and Docker send SIGTERM). The handlers are
+/// installed by this call, not when the future is first polled: a signal that arrives while
+/// the service is still starting (after its banner, say) then stops it gracefully instead of
+/// killing it.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            let recv = |s: std::io::Result<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Ok(mut s) => {
+                        s.recv().await;
+                    }
+                    Err(_) => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = recv(interrupt) => {}
+                _ = recv(terminate) => {}
             }
-            Err(_) => std::future::pending().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn the_demos_battery_timeouts_are_divided_by_its_speed_within_the_configs_limits() {
+        let t = |speed| DemoTimeouts::for_speed(speed);
+        let real = t(1.0);
+        assert_eq!(real.safety_cutoff, 8 * 60 * MIN);
+        assert_eq!((real.stall_minutes, real.taper_minutes), (30, 10));
+        let demo = t(60.0);
+        assert_eq!(demo.safety_cutoff, 8 * MIN);
+        assert_eq!((demo.stall_minutes, demo.taper_minutes), (1, 1));
+        // Never below what the config accepts: 3 min, one minute each.
+        let fast = t(900.0);
+        assert_eq!(fast.safety_cutoff, 3 * MIN);
+        assert_eq!((fast.stall_minutes, fast.taper_minutes), (1, 1));
+        // Slower than real time, longer, up to the config's limits.
+        let slow = t(0.5);
+        assert_eq!(slow.safety_cutoff, 16 * 60 * MIN);
+        assert_eq!((slow.stall_minutes, slow.taper_minutes), (60, 20));
+        assert_eq!(t(0.01).safety_cutoff, Duration::from_secs(23 * 3600 + 1800));
+        // Rounded up: a timeout is never shorter than the physics it stands for.
+        assert_eq!(t(7.0).stall_minutes, 5);
+    }
+
+    #[test]
+    fn the_timeouts_read_back_from_the_demos_config_as_they_were_set() {
+        for speed in [1.0, 7.0, 60.0, 900.0] {
+            let t = DemoTimeouts::for_speed(speed);
+            let yaml = format!(
+                "mqtt: {{host: h, dongle_prefix: d}}\ncharging: {}\n",
+                t.yaml()
+            );
+            let c = config::parse(&yaml, &EnvOverrides::default())
+                .unwrap()
+                .config
+                .charging;
+            assert_eq!(
+                c.safety_cutoff.as_secs(),
+                t.safety_cutoff.as_secs(),
+                "{speed}"
+            );
+            assert_eq!(
+                (c.stall_minutes, c.taper_minutes),
+                (t.stall_minutes, t.taper_minutes)
+            );
+        }
     }
 }

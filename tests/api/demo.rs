@@ -1,26 +1,173 @@
-//! The `demo` command's wiring, in real time: an accelerated charge starts and stops at its
-//! target through the HTTP API.
+//! The `demo` command's wiring: an accelerated charge starts and stops at its target through
+//! the HTTP API, in real time; and, on a manual clock, a legacy dongle's charge puts the
+//! settings back and the stall stop is as fast as the physics.
 
 use std::time::Duration;
 
+use jiff::Timestamp;
 use serde_json::json;
 use solar_charging_backend::cli::{DemoArgs, FaultArg, FirmwareArg};
+use solar_charging_backend::clock::ManualClock;
 use solar_charging_backend::domain::session::StopReason;
-use solar_charging_backend::run::start_demo;
+use solar_charging_backend::engine::Status;
+use solar_charging_backend::run::{Demo, start_demo, start_demo_with_clock};
+
+use crate::harness::GUARD;
+
+fn args(firmware: FirmwareArg, fault: FaultArg, speed: f64) -> DemoArgs {
+    DemoArgs {
+        port: 0,
+        host: "127.0.0.1".into(),
+        speed,
+        soc: 50.0,
+        firmware,
+        data_dir: None,
+        fault,
+    }
+}
+
+/// The demo on a manual clock, once its service has heard the dongle.
+async fn manual_demo(args: DemoArgs) -> (Demo, ManualClock) {
+    let clock = ManualClock::new(Timestamp::now());
+    let demo = start_demo_with_clock(&args, clock.clock())
+        .await
+        .expect("the demo starts");
+    // Nothing moves the clock yet: the SOC can only come from the report the dongle sends
+    // when it connects, which the service hears because it listens first.
+    wait_status(&demo, |s| s.soc.is_some()).await;
+    (demo, clock)
+}
+
+async fn wait_status(demo: &Demo, pred: impl Fn(&Status) -> bool) -> Status {
+    let mut rx = demo.app.engine.watch();
+    let found = tokio::time::timeout(GUARD, rx.wait_for(|s| pred(s)))
+        .await
+        .map(|r| r.map(|s| s.clone()));
+    match found {
+        Ok(Ok(s)) => s,
+        _ => panic!(
+            "the demo never reached the expected state; last: {:#?}",
+            *rx.borrow()
+        ),
+    }
+}
+
+/// Lets `d` pass and waits until the service has seen the dongle's report of that instant.
+async fn tick(demo: &Demo, clock: &ManualClock, d: Duration) {
+    clock.advance(d);
+    demo.sim.publish_telemetry_now();
+    let now = clock.clock().now();
+    wait_status(demo, |s| s.last_telemetry == Some(now)).await;
+}
+
+/// Ticks until the charge under way has ended (its restores included); returns the status
+/// and the clock time that took.
+async fn run_to_the_end(
+    demo: &Demo,
+    clock: &ManualClock,
+    step: Duration,
+    limit: Duration,
+) -> (Status, Duration) {
+    let mut elapsed = Duration::ZERO;
+    loop {
+        let st = demo.app.engine.status();
+        if st.session.is_none() && st.last_stop.is_some() {
+            return (st, elapsed);
+        }
+        assert!(elapsed < limit, "no end within {limit:?}; status: {st:#?}");
+        tick(demo, clock, step).await;
+        elapsed += step;
+    }
+}
+
+/// Charges now, moving the clock while the answer is pending: the demo spaces its writes a
+/// second apart, and the answer comes once AC charging is on.
+async fn charge_now(demo: &Demo, clock: &ManualClock, target: u8) {
+    let request = reqwest::Client::new()
+        .post(format!("http://{}/api/charging/enable", demo.app.addr))
+        .json(&json!({"target_soc": target}))
+        .send();
+    let answer = tokio::spawn(async move { request.await?.json::<serde_json::Value>().await });
+    while !answer.is_finished() {
+        tick(demo, clock, Duration::from_secs(1)).await;
+    }
+    let r = answer.await.unwrap().unwrap();
+    assert_eq!(r["success"], true, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_demo_charge_leaves_the_registers_as_it_found_them() {
+    let (demo, clock) = manual_demo(args(FirmwareArg::Legacy, FaultArg::None, 60.0)).await;
+    let found = demo.sim.state().borrow().holds.clone();
+    charge_now(&demo, &clock, 55).await;
+    let (ended, _) = run_to_the_end(
+        &demo,
+        &clock,
+        Duration::from_secs(1),
+        Duration::from_secs(600),
+    )
+    .await;
+    assert_eq!(
+        ended.last_stop.as_ref().map(|l| l.0),
+        Some(StopReason::TargetReached),
+        "{:?}",
+        ended.last_stop
+    );
+    let sim = demo.sim.state().borrow().clone();
+    assert!(
+        sim.writes
+            .iter()
+            .any(|w| w.setting == "ACChgSOCLimit" && w.value == json!(55)),
+        "the charge changed the settings: {:?}",
+        sim.writes
+    );
+    assert_eq!(
+        sim.holds, found,
+        "every register is back as the charge found it"
+    );
+    demo.app.shutdown().await;
+    demo.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_frozen_soc_the_demo_stops_as_stalled_within_its_sped_up_minute() {
+    let (demo, clock) = manual_demo(args(FirmwareArg::Modern, FaultArg::SocFrozen, 60.0)).await;
+    let c = &demo.config.charging;
+    assert_eq!(c.stall_minutes, 1, "30 min at 60x");
+    assert_eq!(c.taper_minutes, 1, "10 min at 60x, at least one");
+    assert_eq!(c.safety_cutoff, Duration::from_secs(8 * 60), "8 h at 60x");
+    assert_eq!(
+        c.stale_after,
+        Duration::from_secs(90),
+        "the dongle reports in real time"
+    );
+    charge_now(&demo, &clock, 80).await;
+    let (ended, took) = run_to_the_end(
+        &demo,
+        &clock,
+        Duration::from_secs(5),
+        Duration::from_secs(31 * 60),
+    )
+    .await;
+    assert_eq!(
+        ended.last_stop.as_ref().map(|l| l.0),
+        Some(StopReason::Stalled),
+        "{:?}",
+        ended.last_stop
+    );
+    assert!(
+        took <= Duration::from_secs(120),
+        "stopped after {took:?} of demo time"
+    );
+    demo.app.shutdown().await;
+    demo.sim.shutdown().await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_charges_to_the_target_and_stops_through_the_api() {
-    let demo = start_demo(&DemoArgs {
-        port: 0,
-        host: "127.0.0.1".into(),
-        speed: 900.0,
-        soc: 50.0,
-        firmware: FirmwareArg::Modern,
-        demo_data: None,
-        fault: FaultArg::None,
-    })
-    .await
-    .expect("the demo starts");
+    let demo = start_demo(&args(FirmwareArg::Modern, FaultArg::None, 900.0))
+        .await
+        .expect("the demo starts");
     let base = format!("http://{}", demo.app.addr);
     let mut status = demo.app.engine.watch();
     // The simulated dongle reports on connect; wait for its SOC.

@@ -6,6 +6,7 @@ mod harness;
 mod charging;
 mod contract;
 mod demo;
+mod demo_command;
 mod docs;
 mod edge;
 mod guards;

@@ -63,6 +63,40 @@ fn check_config_accepts_the_old_file_and_lists_every_problem_of_a_bad_one() {
 }
 
 #[test]
+fn check_config_on_the_untouched_example_names_each_placeholder_to_change() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.yaml");
+    let out = Command::new(BIN)
+        .args(["check-config", "--config", example])
+        .env_remove("SERVER_PORT")
+        .env_remove("SERVER_HOST")
+        .env_remove("API_KEY")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "still valid: {stdout}");
+    assert!(
+        stdout.contains("is valid, with 4 warnings"),
+        "not plainly valid: {stdout}"
+    );
+    for key in [
+        "mqtt.host",
+        "mqtt.username",
+        "mqtt.password",
+        "mqtt.dongle_prefix",
+    ] {
+        assert!(
+            stdout.contains(&format!("warning: {key}: ")),
+            "{key} is named: {stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("mosquitto_sub -v -t '#'"),
+        "says how to find the dongle's ID: {stdout}"
+    );
+    assert!(!stdout.contains("change-me"), "{stdout}");
+}
+
+#[test]
 fn serving_without_a_config_file_says_how_to_make_one() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(BIN).current_dir(dir.path()).output().unwrap();
