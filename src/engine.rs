@@ -431,7 +431,7 @@ impl Engine {
                     error!("the charge history could not be written: {e}");
                 }
             }
-            Effect::Reply(id, reply) => match (self.waiting.remove(&id), reply) {
+            Effect::Reply(id, reply) => match (self.waiting.remove(&id), *reply) {
                 (Some(Waiting::Schedule(tx)), Reply::Schedule(r)) => {
                     let _ = tx.send(r);
                 }

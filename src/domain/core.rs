@@ -304,7 +304,14 @@ pub enum Effect {
     },
     /// Append a finished charge to the history.
     History(SessionRecord),
-    Reply(RequestId, Reply),
+    /// Boxed: a reply carries the whole status, many times the size of the other effects.
+    Reply(RequestId, Box<Reply>),
+}
+
+impl Effect {
+    fn reply(id: RequestId, reply: Reply) -> Effect {
+        Effect::Reply(id, Box::new(reply))
+    }
 }
 
 /// What a save the core waits on is for.
@@ -734,7 +741,7 @@ impl EngineCore {
     fn answer_starts(&mut self, success: bool, message: String, fx: &mut Vec<Effect>) {
         self.refresh_status();
         for id in self.start_waiters.drain(..) {
-            fx.push(Effect::Reply(
+            fx.push(Effect::reply(
                 id,
                 Reply::Start(StartOutcome {
                     success,
@@ -1101,7 +1108,7 @@ impl EngineCore {
             };
             if let Some((success, message)) = answer {
                 self.step(now, fx);
-                fx.push(Effect::Reply(
+                fx.push(Effect::reply(
                     id,
                     Reply::Start(StartOutcome {
                         success,
@@ -1118,7 +1125,7 @@ impl EngineCore {
             // Answered at once: waiting for writes that cannot be confirmed helps nobody.
             info!("charge now refused: {why}");
             self.step(now, fx);
-            fx.push(Effect::Reply(
+            fx.push(Effect::reply(
                 id,
                 Reply::Start(StartOutcome {
                     success: false,
@@ -1135,7 +1142,7 @@ impl EngineCore {
             .as_ref()
             .is_some_and(|s| s.mode == Mode::Recurring);
         let time = crate::domain::schedule::local_time_of(now.wall, &self.cfg.tz);
-        let once = (!keeps_recurring).then(|| Schedule {
+        let once = (!keeps_recurring).then_some(Schedule {
             target,
             time,
             mode: Mode::Once,
@@ -1162,7 +1169,7 @@ impl EngineCore {
         match self.start(Origin::ChargeNow, target, now, fx) {
             Some(msg) => {
                 self.step(now, fx);
-                fx.push(Effect::Reply(
+                fx.push(Effect::reply(
                     id,
                     Reply::Start(StartOutcome {
                         success: true,
@@ -1194,7 +1201,7 @@ impl EngineCore {
         ) {
             Ok(s) => s,
             Err(e) => {
-                fx.push(Effect::Reply(id, Reply::Schedule(Err(e.into()))));
+                fx.push(Effect::reply(id, Reply::Schedule(Err(e.into()))));
                 return;
             }
         };
@@ -1239,10 +1246,10 @@ impl EngineCore {
                     self.session = *session;
                     self.saved = Some(self.state());
                     self.step(now, fx);
-                    fx.push(Effect::Reply(id, Reply::Schedule(Ok(self.status.clone()))));
+                    fx.push(Effect::reply(id, Reply::Schedule(Ok(self.status.clone()))));
                 }
                 Err(e) => {
-                    fx.push(Effect::Reply(
+                    fx.push(Effect::reply(
                         id,
                         Reply::Schedule(Err(CommandError::Store(e))),
                     ));
@@ -1289,7 +1296,7 @@ impl EngineCore {
                 s.cancel(now, why);
                 self.stop_waiters.push((id, now.wall, note));
             }
-            _ => fx.push(Effect::Reply(
+            _ => fx.push(Effect::reply(
                 id,
                 Reply::Stop(stop_outcome(
                     true,
@@ -1332,7 +1339,7 @@ impl EngineCore {
             };
             if let Some(o) = outcome {
                 for id in self.start_waiters.drain(..) {
-                    fx.push(Effect::Reply(id, Reply::Start(o.clone())));
+                    fx.push(Effect::reply(id, Reply::Start(o.clone())));
                 }
             }
         }
@@ -1350,7 +1357,7 @@ impl EngineCore {
             };
             if let Some((success, message)) = outcome {
                 for (id, at, note) in self.stop_waiters.drain(..) {
-                    fx.push(Effect::Reply(
+                    fx.push(Effect::reply(
                         id,
                         Reply::Stop(stop_outcome(success, message.clone(), note, at)),
                     ));

@@ -112,7 +112,7 @@ impl Rig {
                     }
                 }
                 Effect::History(r) => self.history.push(r),
-                Effect::Reply(id, r) => self.replies.push((id, r)),
+                Effect::Reply(id, r) => self.replies.push((id, *r)),
             }
         }
     }
