@@ -379,9 +379,11 @@ async fn charging_status(State(s): State<Arc<ApiState>>) -> Json<dto::ChargingSt
 
 /// Starts charging now to a target SOC.
 ///
-/// Same safety cutoff and stop rules as a scheduled charge; leaves a one-shot schedule for "now".
-/// If the dongle cannot be driven the answer is still 200, with `success: false`, a `message`
-/// that says what failed and `is_charging: false`; settings already written are rolled back.
+/// Same safety cutoff and stop rules as a scheduled charge. A recurring schedule stays and runs
+/// on its next occurrence; a `once` schedule (or none) gives way to a one-shot schedule for
+/// "now". If the dongle cannot be driven the answer is still 200, with `success: false`, a
+/// `message` that says what failed and `is_charging: false`; settings already written are
+/// rolled back. A dongle that is offline, silent or has sent no SOC yet is refused at once.
 #[utoipa::path(post, path = "/api/charging/enable", tag = "charging",
     security((), ("bearer" = []), ("api_key" = [])),
     request_body(content = validate::EnableRequest, content_type = "application/json",
