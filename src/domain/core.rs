@@ -566,15 +566,20 @@ impl EngineCore {
                         );
                         self.queued_start = Some((Origin::Schedule, target));
                     }
-                    Some(s) => {
-                        let detail = format!(
-                            "another charge (to {}) was running at the scheduled time",
-                            s.target
-                        );
-                        info!(
-                            "a charge is already running; this occurrence is consumed without a second start"
-                        );
-                        self.record_occurrence(StopReason::Missed, target, occurrence, detail, now);
+                    Some(_) => {
+                        // A charge (a charge now, say) is running: it takes this occurrence
+                        // over, charging on to the schedule's target if that is higher.
+                        if let Some(s) = &mut self.session
+                            && let Some(running) = s.active_target()
+                            && running < target
+                        {
+                            info!(%running, %target, "the scheduled charge joins the running one, which now charges to the schedule's target");
+                            s.set_target(now, target);
+                        } else {
+                            info!(
+                                "a charge to at least the schedule's target is running; it covers this occurrence"
+                            );
+                        }
                     }
                     None => {
                         if let Some(msg) = self.start(Origin::Schedule, target, now, fx) {

@@ -234,6 +234,8 @@ struct World {
     /// Occurrence records of the last feed, judged once the schedule they belong to is known.
     new_records: Vec<SessionRecord>,
     once_fires: HashMap<usize, u32>,
+    /// The last occurrence each schedule instance was seen to consume.
+    consumed: HashMap<usize, Timestamp>,
     /// The session as last seen, to judge it when its record comes.
     last_session: Option<Session>,
     /// The SOC the battery truly had when the last session began.
@@ -409,6 +411,7 @@ impl World {
             missed: Vec::new(),
             new_records: Vec::new(),
             once_fires: HashMap::new(),
+            consumed: HashMap::new(),
             last_session: None,
             start_soc: 0,
             ac_wanted: ac_before.into(),
@@ -1180,6 +1183,17 @@ impl World {
             }
         }
         let instance = self.instances.len().checked_sub(1);
+        // An occurrence consumed now, for the schedule as it is now.
+        let consumed = core.schedule().and_then(|sched| {
+            let last = sched.last_run?;
+            let i = instance?;
+            (self.consumed.get(&i) != Some(&last)).then_some((i, last))
+        });
+        let running_before = self
+            .last_session
+            .as_ref()
+            .is_some_and(|l| l.active_target().is_some());
+        let core_has_active_session = core.session().is_some_and(|s| s.active_target().is_some());
         let mut fired = None;
         if let Some(s) = core.session() {
             let new = self.last_session.as_ref().is_none_or(|l| l.id != s.id);
@@ -1212,6 +1226,20 @@ impl World {
             self.new_records.clear();
             return;
         };
+        if let Some((i, last)) = consumed {
+            self.consumed.insert(i, last);
+        }
+        let recorded = self.new_records.iter().any(|r| {
+            consumed.is_some_and(|(_, last)| r.started_at == last) && r.origin == Origin::Schedule
+        });
+        if let Some((_, last)) = consumed
+            && fired.is_none()
+            && !recorded
+            && running_before
+            && core_has_active_session
+        {
+            self.outcome(instance, last, "joined the running charge");
+        }
         if let Some((occurrence, mode)) = fired {
             self.outcome(instance, occurrence, "started a charge");
             if mode == Mode::Once {

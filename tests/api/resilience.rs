@@ -1153,8 +1153,9 @@ async fn a_lone_soc_outlier_after_hours_of_quiet_gives_way_to_the_true_reading()
     w.sim.glitch_soc(4);
     w.sim.publish_telemetry_now();
     // The service asks the dongle again and believes the reading that agrees with before.
+    let glitch_at = w.clock.clock().now();
     let st = w
-        .wait_status(|s| s.soc.map(|s| s.get()) == Some(56) && s.last_telemetry.is_some())
+        .wait_status(|s| s.soc.map(|s| s.get()) == Some(56) && s.last_telemetry == Some(glitch_at))
         .await;
     assert_eq!(st.soc.map(|s| s.get()), Some(56));
     // A charge now to 50 % is therefore refused as already reached, not started at "4 %".

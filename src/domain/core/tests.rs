@@ -515,3 +515,30 @@ fn a_scheduled_start_waits_for_a_silent_dongle_within_the_grace_then_records_the
         "{detail}"
     );
 }
+
+#[test]
+fn a_nightly_occurrence_that_fires_during_a_charge_now_raises_it_to_the_schedules_target() {
+    let mut rig = Rig::with_soc(40);
+    rig.schedule(ScheduleInput {
+        mode: Mode::Recurring,
+        ..once_at("01:30", 85)
+    });
+    rig.command(Command::ChargeNow(target(50)));
+    rig.answer_snapshot();
+    rig.confirm_writes();
+    assert_eq!(rig.core.session().unwrap().target, target(50));
+    for soc in 41..47 {
+        rig.advance(5 * MIN);
+        rig.telemetry(soc);
+    }
+    rig.confirm_writes();
+    let s = rig.core.session().expect("the same charge goes on");
+    assert_eq!(s.origin, Origin::ChargeNow);
+    assert_eq!(s.target, target(85), "it now charges to the nightly target");
+    assert!(rig.history.is_empty(), "no second charge, nothing missed");
+    assert_eq!(
+        rig.core.schedule().unwrap().next_run,
+        Some(local("2026-01-16T01:30")),
+        "tonight's occurrence is consumed"
+    );
+}
