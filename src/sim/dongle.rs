@@ -162,6 +162,8 @@ pub struct SimState {
     pub writes: Vec<WriteRecord>,
     /// Messages published on the telemetry topic (`inputbank1` / `input`), garbage included.
     pub telemetry_sent: u64,
+    /// Snapshot requests answered (4.3 firmware).
+    pub snapshots_answered: u64,
 }
 
 const MAX_PACKET: usize = 4 * 1024 * 1024;
@@ -368,6 +370,7 @@ fn empty_state() -> SimState {
         holds: BTreeMap::new(),
         writes: Vec::new(),
         telemetry_sent: 0,
+        snapshots_answered: 0,
     }
 }
 

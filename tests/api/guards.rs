@@ -121,7 +121,10 @@ async fn a_graceful_stop_with_an_unanswered_write_waits_one_write_timeout_then_t
  {
     let (mut w, before) = world(Knobs::default()).await;
     once_at_0130(&w, 55).await;
+    let asked = w.sim.state().borrow().snapshots_answered;
     w.tick(29 * MIN).await;
+    // The settings read a minute ahead are answered before the dongle falls silent.
+    w.wait_sim(|s| s.snapshots_answered > asked).await;
     w.sim.set_fault(Fault::Silent);
     w.clock.advance(MIN);
     let s = w.wait_sim(|s| !s.writes.is_empty()).await;

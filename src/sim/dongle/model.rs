@@ -60,6 +60,7 @@ pub struct DongleModel {
     garbage_next: usize,
     writes: Vec<WriteRecord>,
     telemetry_sent: u64,
+    snapshots_answered: u64,
     late: Vec<LateWrite>,
     /// Physics has been integrated up to this monotonic instant.
     stepped_to: Mono,
@@ -98,6 +99,7 @@ impl DongleModel {
             garbage_next: 0,
             writes: Vec::new(),
             telemetry_sent: 0,
+            snapshots_answered: 0,
             late: Vec::new(),
             stepped_to: now,
             started: now,
@@ -460,6 +462,7 @@ impl DongleModel {
             "snap/hold",
             &json!({"event": "hold_state", "ts": ts, "payload": self.model.hold_map()}),
         );
+        self.snapshots_answered += 1;
     }
 
     fn on_update(&mut self, payload: &[u8]) {
@@ -665,6 +668,7 @@ impl DongleModel {
                 .collect(),
             writes: self.writes.clone(),
             telemetry_sent: self.telemetry_sent,
+            snapshots_answered: self.snapshots_answered,
         }
     }
 }
