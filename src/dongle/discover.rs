@@ -99,7 +99,7 @@ impl fmt::Display for Found {
         let plural = if self.messages == 1 { "" } else { "s" };
         write!(f, ", {} message{plural}", self.messages)?;
         if self.retained_only {
-            write!(f, " (all retained: an old name?)")?;
+            write!(f, " (all retained: kept by the broker from earlier)")?;
         }
         if self.configured {
             write!(f, "  <- mqtt.dongle_prefix")?;
@@ -384,9 +384,8 @@ pub fn collect<'a>(
     c.findings()
 }
 
-/// What the `discover` command prints, and whether the dongle published under the configured
-/// prefix during the listen (its exit code: 0 when it did, 1 when not). Retained messages
-/// alone do not count: the broker may have kept them from a dongle since renamed or gone.
+/// What the `discover` command prints, and whether anything arrived under the configured
+/// prefix (its exit code: 0 when it did, 1 when not).
 pub fn report(findings: &Findings, listened: Duration) -> (Vec<String>, bool) {
     let mut lines: Vec<String> = findings.dongles.iter().map(ToString::to_string).collect();
     if let Some(why) = &findings.cut_short {
@@ -402,31 +401,25 @@ pub fn report(findings: &Findings, listened: Duration) -> (Vec<String>, bool) {
         ));
     }
     let configured = &findings.configured;
-    let guess = match findings.suggestion() {
-        Some(d) => format!("; did you mean {:?}?", d.prefix),
-        None => ".".into(),
-    };
-    let live = match findings.dongles.iter().find(|d| d.configured) {
+    let suggestion = findings.suggestion().map(|d| d.prefix.as_str());
+    lines.push(match findings.dongles.iter().find(|d| d.configured) {
         Some(d) if !d.retained_only => {
-            lines.push(format!(
-                "mqtt.dongle_prefix is {configured:?}: the dongle publishes under it"
-            ));
-            true
+            format!("mqtt.dongle_prefix is {configured:?}: the dongle publishes under it")
         }
-        Some(_) => {
-            lines.push(format!(
-                "mqtt.dongle_prefix is {configured:?}: the broker keeps retained messages under it, but nothing was published under it in {secs} s (the dongle is offline or was renamed){guess}"
-            ));
-            false
-        }
-        None => {
-            lines.push(format!(
-                "mqtt.dongle_prefix is {configured:?}, which nothing published under{guess}"
-            ));
-            false
-        }
-    };
-    (lines, live)
+        // The broker kept these from an earlier connection of the dongle: the prefix was
+        // right then, but the dongle is not publishing now.
+        Some(_) => format!(
+            "mqtt.dongle_prefix is {configured:?}: the broker keeps retained messages under it, but the dongle published nothing new in {secs} s (is it offline, or renamed{}?)",
+            suggestion.map(|p| format!(" to {p:?}")).unwrap_or_default()
+        ),
+        None => format!(
+            "mqtt.dongle_prefix is {configured:?}, which nothing published under{}",
+            suggestion
+                .map(|p| format!("; did you mean {p:?}?"))
+                .unwrap_or_else(|| ".".into())
+        ),
+    });
+    (lines, findings.configured_seen())
 }
 
 fn others(n: u64) -> String {
@@ -760,7 +753,7 @@ where
             }
             Probe::Failed(e) => warn!(
                 dongle_prefix = %prefix,
-                "nothing has arrived under mqtt.dongle_prefix {prefix:?} for {} since the broker connection, and looking for dongles on the broker failed: {e}. Run `solar-charging-backend discover` to list the prefixes that publish there",
+                "nothing has arrived under mqtt.dongle_prefix {prefix:?} in the {} since the service connected to the broker, and looking for dongles on the broker failed: {e}. Run `solar-charging-backend discover` to list the prefixes that publish there",
                 minutes(since)
             ),
         }
@@ -773,7 +766,7 @@ where
 /// what a listen found.
 pub fn warning(prefix: &str, since: Duration, findings: &Findings) -> String {
     let lead = format!(
-        "nothing has arrived under mqtt.dongle_prefix {prefix:?} for {} since the broker connection",
+        "nothing has arrived under mqtt.dongle_prefix {prefix:?} in the {} since the service connected to the broker",
         minutes(since)
     );
     let listed: Vec<String> = findings.dongles.iter().map(Found::brief).collect();
