@@ -19,8 +19,8 @@ use std::fmt;
 use std::time::Duration;
 
 use rumqttc::{
-    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Outgoing,
-    Packet, QoS, SubscribeReasonCode,
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS,
+    SubscribeReasonCode,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -599,19 +599,15 @@ impl Listener {
         }
     }
 
-    /// Says goodbye, so that the broker does not log a dropped connection.
+    /// Says goodbye, so that the broker does not log a dropped connection, and waits (a
+    /// moment at most) for the broker to close it: a broker may still be tearing down the
+    /// old connection when the next listen connects (rumqttd then drops the new one).
     async fn disconnect(&mut self) {
         if self.client.try_disconnect().is_err() {
             return;
         }
-        let sent = async {
-            while let Ok(event) = self.eventloop.poll().await {
-                if matches!(event, Event::Outgoing(Outgoing::Disconnect)) {
-                    break;
-                }
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(1), sent).await;
+        let closed = async { while self.eventloop.poll().await.is_ok() {} };
+        let _ = tokio::time::timeout(Duration::from_secs(1), closed).await;
     }
 }
 

@@ -28,7 +28,6 @@ async fn a_service_with_a_wrong_prefix_names_the_prefix_that_publishes_a_minute_
     let clock = ManualClock::new(Setup::default().wall);
     let sim_cfg = SimConfig {
         prefix: PREFIX.into(),
-        initial_soc: 47.0,
         tz: tz(),
         ..Default::default()
     };
@@ -83,7 +82,6 @@ async fn a_service_with_a_wrong_prefix_names_the_prefix_that_publishes_a_minute_
             warning.contains(&format!("this dongle publishes on the broker: {PREFIX} (")),
             "{warning}"
         );
-        assert!(warning.contains("SOC 47 %"), "{warning}");
         assert!(
             warning.contains(&format!("did you mean \"{PREFIX}\"?")),
             "{warning}"
