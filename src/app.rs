@@ -229,6 +229,13 @@ pub async fn start(
         metrics.clone(),
     );
     let engine_task = tokio::spawn(engine.run(cmds, events_rx, shutdown.clone()));
+    // Not essential: it ends once the dongle is heard, which must not stop the service.
+    crate::dongle::discover::spawn_watch(
+        &config.mqtt,
+        clock.clone(),
+        handle.watch(),
+        shutdown.clone(),
+    );
 
     let api = ApiState {
         engine: handle.clone(),

@@ -1,6 +1,8 @@
-//! Command line: `serve` (the default), `demo`, `simulate`, `check-config`, `healthcheck`.
+//! Command line: `serve` (the default), `demo`, `simulate`, `check-config`, `discover`,
+//! `healthcheck`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum};
@@ -72,6 +74,10 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Check a config file and print every problem with its key path.
     CheckConfig,
+    /// Listen to every topic on the configured broker and list the dongles publishing there.
+    /// Exit 0 when mqtt.dongle_prefix is among them, 1 when not, 2 when the broker cannot be
+    /// reached (or the config not read).
+    Discover(DiscoverArgs),
     /// Exit 0 when the service answers its health check (for container health checks).
     Healthcheck {
         /// Default: http://127.0.0.1:$SERVER_PORT/api/health (SERVER_PORT defaults to 8088).
@@ -152,9 +158,58 @@ pub struct SimulateArgs {
     pub fault: FaultArg,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct DiscoverArgs {
+    /// How long to listen, in seconds (a 4.3+ dongle whose values do not change may only send
+    /// its status every 30 s).
+    #[arg(long, default_value = "30", value_parser = seconds)]
+    pub seconds: Duration,
+}
+
+/// A positive number of seconds, fractions allowed, at most a day.
+fn seconds(text: &str) -> Result<Duration, String> {
+    let s: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if s.is_finite() && s > 0.0 && s <= 86_400.0 {
+        Ok(Duration::from_secs_f64(s))
+    } else {
+        Err(format!("{text} is not between 0 and 86400 seconds"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn discover_seconds(args: &[&str]) -> Result<Duration, clap::Error> {
+        let cli = Cli::try_from_args(
+            ["solar-charging-backend", "discover"]
+                .into_iter()
+                .chain(args.iter().copied()),
+        )?;
+        match cli.command {
+            Some(Command::Discover(d)) => Ok(d.seconds),
+            other => panic!("not discover: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn discover_listens_30_seconds_unless_told_and_refuses_a_length_that_is_not_one() {
+        assert_eq!(discover_seconds(&[]).unwrap(), Duration::from_secs(30));
+        assert_eq!(
+            discover_seconds(&["--seconds", "90"]).unwrap(),
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            discover_seconds(&["--seconds", "0.5"]).unwrap(),
+            Duration::from_millis(500)
+        );
+        for bad in ["0", "-3", "soon", "inf", "100000"] {
+            assert!(discover_seconds(&["--seconds", bad]).is_err(), "{bad}");
+        }
+    }
 
     fn demo_dir(args: &[&str]) -> Result<Option<PathBuf>, clap::Error> {
         let cli = Cli::try_from_args(

@@ -10,7 +10,8 @@
 //! * [`engine`]: the one task that drives the core: it turns API commands and dongle messages
 //!   into the core's inputs and carries out its effects (writes, reads, saves, answers).
 //! * [`dongle`]: the MQTT wire format ([`dongle::codec`], pure) and the client task that
-//!   subscribes, reconnects and makes verified writes ([`dongle::client`]).
+//!   subscribes, reconnects and makes verified writes ([`dongle::client`]), and the listen
+//!   that finds the dongles on a broker ([`dongle::discover`]).
 //! * [`http`]: the REST API, its wire shapes and the dashboard.
 //! * [`ha`]: Home Assistant MQTT discovery: the scheduler as a device with sensors and
 //!   controls, on the dongle's broker connection ([`ha::discovery`] builds the payloads).

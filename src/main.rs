@@ -9,6 +9,7 @@ fn main() -> ExitCode {
     let cli = Cli::from_command_line();
     match cli.command {
         Some(Command::CheckConfig) => run::check_config(&cli.config),
+        Some(Command::Discover(args)) => run::discover(&cli.config, &args),
         Some(Command::Healthcheck { url }) => run::healthcheck(url),
         command => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()

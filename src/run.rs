@@ -10,18 +10,19 @@ use anyhow::Context as _;
 use tracing::{info, warn};
 
 use crate::app;
-use crate::cli::{DemoArgs, FaultArg, FirmwareArg, SimulateArgs};
+use crate::cli::{DemoArgs, DiscoverArgs, FaultArg, FirmwareArg, SimulateArgs};
 use crate::clock::Clock;
 use crate::config::{self, ConfigError, EnvOverrides, LogFormat, LoggingConfig};
+use crate::dongle::discover;
 use crate::logging;
 use crate::sim;
 
 mod placeholders;
 
-/// `serve`: the service itself.
-pub async fn serve(config_path: &Path, data_dir: &Path) -> anyhow::Result<()> {
-    let loaded = match config::load_file(config_path, &EnvOverrides::from_process()) {
-        Ok(l) => l,
+/// The config file, with the environment's overrides; a missing file says how to make one.
+fn load_config(config_path: &Path) -> anyhow::Result<config::Loaded> {
+    match config::load_file(config_path, &EnvOverrides::from_process()) {
+        Ok(l) => Ok(l),
         Err(ConfigError::Read { path, source })
             if source.kind() == std::io::ErrorKind::NotFound =>
         {
@@ -29,8 +30,13 @@ pub async fn serve(config_path: &Path, data_dir: &Path) -> anyhow::Result<()> {
                 "no config file at {path}. Copy config.example.yaml to config.yaml and set mqtt.host and mqtt.dongle_prefix (or pass --config PATH). To try the service without an inverter, run: solar-charging-backend demo"
             );
         }
-        Err(e) => return Err(e.into()),
-    };
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `serve`: the service itself.
+pub async fn serve(config_path: &Path, data_dir: &Path) -> anyhow::Result<()> {
+    let loaded = load_config(config_path)?;
     let config = loaded.config;
     logging::init(&config.logging);
     for w in &loaded.warnings {
@@ -352,6 +358,71 @@ pub fn check_config(path: &Path) -> ExitCode {
         Err(e) => {
             eprintln!("{e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `discover`: listens to every topic on the configured broker for `--seconds` and prints one
+/// line per dongle prefix seen. Exit 0 when the dongle published under `mqtt.dongle_prefix`,
+/// 1 when not, 2 when it could not listen (no config, or the broker unreachable).
+pub fn discover(config_path: &Path, args: &DiscoverArgs) -> ExitCode {
+    const CANNOT_LISTEN: u8 = 2;
+    let loaded = match load_config(config_path) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("{e:#}");
+            return ExitCode::from(CANNOT_LISTEN);
+        }
+    };
+    // Only the broker's placeholders matter here: the prefix is what is being looked for.
+    for p in placeholders::placeholders(&loaded.config) {
+        if p.key != "mqtt.dongle_prefix" {
+            eprintln!("warning: {p}");
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::from(CANNOT_LISTEN);
+        }
+    };
+    let mqtt = &loaded.config.mqtt;
+    let settings = discover::ListenSettings::from_config(mqtt, "-discover");
+    println!(
+        "listening to every topic on the MQTT broker {}:{} for {} s ...",
+        mqtt.host,
+        mqtt.port,
+        args.seconds.as_secs_f64()
+    );
+    let listened = runtime.block_on(discover::discover(
+        &settings,
+        &mqtt.dongle_prefix,
+        &Clock::System,
+        args.seconds,
+        |_| false,
+    ));
+    match listened {
+        Ok(findings) => {
+            let (lines, seen) = discover::report(&findings, args.seconds);
+            for line in lines {
+                println!("{line}");
+            }
+            if seen {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!(
+                "{e}. Check mqtt.host, mqtt.port and the login in {}",
+                config_path.display()
+            );
+            ExitCode::from(CANNOT_LISTEN)
         }
     }
 }

@@ -2,5 +2,6 @@
 
 pub mod client;
 pub mod codec;
+pub mod discover;
 pub mod input;
 pub mod protocol;

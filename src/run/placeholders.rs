@@ -68,7 +68,7 @@ pub fn placeholders(config: &Config) -> Vec<Placeholder> {
         found.push(Placeholder {
             key: "mqtt.dongle_prefix",
             message: format!(
-                "{:?} is the example's: set your dongle's ID as its topics on the broker show it (`mosquitto_sub -v -t '#'` prints topics like dongle-40:4C:CA:xx:xx:xx/inputbank1)",
+                "{:?} is the example's: set your dongle's ID as its topics on the broker show it (`solar-charging-backend discover` lists the dongles publishing on the broker; `mosquitto_sub -v -t '#'` prints topics like dongle-40:4C:CA:xx:xx:xx/inputbank1)",
                 mine.dongle_prefix
             ),
         });

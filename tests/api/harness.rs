@@ -23,6 +23,10 @@ use solar_charging_backend::sim::dongle::{
     self, Firmware, HoldValue, SimConfig, SimHandle, SimState,
 };
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::field::{Field, Visit};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::{Layer, filter::LevelFilter};
 
 pub const PREFIX: &str = "dongle-40:4C:CA:00:00:7E";
 /// Fails a test that would hang; never reached by a passing one.
@@ -504,4 +508,75 @@ pub fn written(s: &SimState) -> Vec<(&str, String)> {
         .iter()
         .map(|r| (r.setting.as_str(), r.value.to_string()))
         .collect()
+}
+
+/// The service's log, captured on this thread. Tests run on a current-thread runtime, so every
+/// task of the service logs here; other tests' threads are not affected.
+pub struct LogCapture {
+    pub lines: watch::Receiver<Vec<String>>,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+struct CaptureLayer(Arc<watch::Sender<Vec<String>>>);
+
+#[derive(Default)]
+struct Line(String);
+
+impl Visit for Line {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0.insert_str(0, &format!("{value:?} "));
+        } else {
+            self.0.push_str(&format!("{}={value:?} ", field.name()));
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> Layer<S> for CaptureLayer {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let mut line = Line::default();
+        event.record(&mut line);
+        let text = format!("{} {}", event.metadata().level(), line.0);
+        self.0.send_modify(|v| v.push(text));
+    }
+}
+
+impl LogCapture {
+    pub fn install() -> LogCapture {
+        LogCapture::install_at(LevelFilter::INFO)
+    }
+
+    pub fn install_at(level: LevelFilter) -> LogCapture {
+        let (tx, lines) = watch::channel(Vec::new());
+        let layer = CaptureLayer(Arc::new(tx)).with_filter(level);
+        let guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
+        LogCapture {
+            lines,
+            _guard: guard,
+        }
+    }
+
+    pub fn count(&self, needle: &str) -> usize {
+        self.lines
+            .borrow()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits until `needle` has been logged at least `n` times.
+    pub async fn wait_for(&self, needle: &str, n: usize) {
+        let mut rx = self.lines.clone();
+        let found = tokio::time::timeout(
+            GUARD,
+            rx.wait_for(|v| v.iter().filter(|l| l.contains(needle)).count() >= n),
+        )
+        .await;
+        if !matches!(found, Ok(Ok(_))) {
+            panic!(
+                "{needle:?} was not logged {n} times; the log:\n{}",
+                self.lines.borrow().join("\n")
+            );
+        }
+    }
 }

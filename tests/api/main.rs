@@ -7,6 +7,7 @@ mod charging;
 mod contract;
 mod demo;
 mod demo_command;
+mod discover;
 mod docs;
 mod edge;
 mod guards;

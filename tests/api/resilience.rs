@@ -2,7 +2,6 @@
 //! start, wall-clock jumps, DST nights, a damaged state file or data directory, garbage and
 //! floods on the dongle's topics.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
@@ -12,11 +11,9 @@ use solar_charging_backend::domain::session::Phase;
 use solar_charging_backend::engine::Status;
 use solar_charging_backend::sim::dongle::{Firmware, HoldValue, SimState};
 use tokio::sync::watch;
-use tracing::field::{Field, Visit};
-use tracing_subscriber::layer::SubscriberExt as _;
-use tracing_subscriber::{Layer, filter::LevelFilter};
+use tracing_subscriber::filter::LevelFilter;
 
-use crate::harness::{BrokerKind, GUARD, PREFIX, Setup, World, ac_on, local, written};
+use crate::harness::{BrokerKind, GUARD, LogCapture, PREFIX, Setup, World, ac_on, local, written};
 
 const MIN: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3600);
@@ -107,77 +104,6 @@ async fn history(w: &World) -> Vec<Value> {
     let (code, h) = w.get("/api/charge/history").await;
     assert_eq!(code, 200);
     h.as_array().cloned().unwrap_or_default()
-}
-
-/// The service's log, captured on this thread. Tests run on a current-thread runtime, so every
-/// task of the service logs here; other tests' threads are not affected.
-struct LogCapture {
-    lines: watch::Receiver<Vec<String>>,
-    _guard: tracing::subscriber::DefaultGuard,
-}
-
-struct CaptureLayer(Arc<watch::Sender<Vec<String>>>);
-
-#[derive(Default)]
-struct Line(String);
-
-impl Visit for Line {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            self.0.insert_str(0, &format!("{value:?} "));
-        } else {
-            self.0.push_str(&format!("{}={value:?} ", field.name()));
-        }
-    }
-}
-
-impl<S: tracing::Subscriber> Layer<S> for CaptureLayer {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        let mut line = Line::default();
-        event.record(&mut line);
-        let text = format!("{} {}", event.metadata().level(), line.0);
-        self.0.send_modify(|v| v.push(text));
-    }
-}
-
-impl LogCapture {
-    fn install() -> LogCapture {
-        LogCapture::install_at(LevelFilter::INFO)
-    }
-
-    fn install_at(level: LevelFilter) -> LogCapture {
-        let (tx, lines) = watch::channel(Vec::new());
-        let layer = CaptureLayer(Arc::new(tx)).with_filter(level);
-        let guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
-        LogCapture {
-            lines,
-            _guard: guard,
-        }
-    }
-
-    fn count(&self, needle: &str) -> usize {
-        self.lines
-            .borrow()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
-    }
-
-    /// Waits until `needle` has been logged at least `n` times.
-    async fn wait_for(&self, needle: &str, n: usize) {
-        let mut rx = self.lines.clone();
-        let found = tokio::time::timeout(
-            GUARD,
-            rx.wait_for(|v| v.iter().filter(|l| l.contains(needle)).count() >= n),
-        )
-        .await;
-        if !matches!(found, Ok(Ok(_))) {
-            panic!(
-                "{needle:?} was not logged {n} times; the log:\n{}",
-                self.lines.borrow().join("\n")
-            );
-        }
-    }
 }
 
 /// A plain MQTT client publishing whatever the test wants on the dongle's topics.
