@@ -230,7 +230,11 @@ pub async fn start(
     );
     let engine_task = tokio::spawn(engine.run(cmds, events_rx, shutdown.clone()));
 
+    // The chart's readings. Not an essential task: without it only the chart stays empty.
+    let telemetry = http::telemetry::Telemetry::new(handle.watch());
+    tokio::spawn(telemetry.clone().record(shutdown.clone()));
     let api = ApiState {
+        telemetry,
         engine: handle.clone(),
         tz: config.timezone.clone(),
         store: store.clone(),

@@ -13,3 +13,4 @@ mod home_assistant;
 mod process;
 mod resilience;
 mod sessions;
+mod telemetry;
