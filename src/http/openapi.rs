@@ -28,6 +28,8 @@ pub const BEARER: &str = "bearer";
 pub const API_KEY_HEADER: &str = "api_key";
 
 const DESCRIPTION: &str = "\
+[← Back to the dashboard](/)
+
 Grid-charges a LuxPower/EG4 battery to a chosen state of charge (SOC) at a scheduled local time, \
 through a Monitor My Solar dongle spoken to over MQTT.
 

@@ -131,6 +131,17 @@ async fn the_openapi_document_is_openapi_3_and_lists_every_endpoint_of_the_contr
 }
 
 #[tokio::test]
+async fn the_document_leads_back_to_the_dashboard() {
+    let w = World::start(Setup::default()).await;
+    let doc = document(&w).await;
+    let said = doc["info"]["description"].as_str().unwrap_or_default();
+    assert!(
+        said.contains("dashboard](/)"),
+        "the docs page shows the description, with a link to /: {said}"
+    );
+}
+
+#[tokio::test]
 async fn every_operation_in_the_document_is_answered_by_the_service() {
     let w = World::start(Setup::default()).await;
     let doc = document(&w).await;
