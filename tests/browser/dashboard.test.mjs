@@ -4,10 +4,14 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
+import { resolve } from "node:path";
 import { chromium } from "playwright-core";
 
+// The service binary: $SBC_BIN, else debug/solar-charging-backend under $CARGO_TARGET_DIR (as
+// cargo resolves it: relative to the repository), else under the repository's target/.
 const root = fileURLToPath(new URL("../../", import.meta.url));
-const BIN = process.env.SBC_BIN || `${root}target/debug/solar-charging-backend`;
+const TARGET = resolve(root, process.env.CARGO_TARGET_DIR || "target");
+const BIN = process.env.SBC_BIN || resolve(TARGET, "debug/solar-charging-backend");
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const SCREENSHOT = process.env.SCREENSHOT; // a path: save the README's screenshot there
 
