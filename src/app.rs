@@ -237,7 +237,11 @@ pub async fn start(
         shutdown.clone(),
     );
 
+    // The chart's readings. Not an essential task: without it only the chart stays empty.
+    let telemetry = http::telemetry::Telemetry::new(handle.watch());
+    tokio::spawn(telemetry.clone().record(shutdown.clone()));
     let api = ApiState {
+        telemetry,
         engine: handle.clone(),
         tz: config.timezone.clone(),
         store: store.clone(),

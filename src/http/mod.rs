@@ -4,6 +4,7 @@
 pub mod dto;
 pub mod openapi;
 pub mod serve;
+pub mod telemetry;
 pub mod validate;
 
 use std::sync::Arc;
@@ -43,12 +44,15 @@ pub struct ApiState {
     pub clock: crate::clock::Clock,
     /// Where `/metrics` reads from.
     pub metrics: crate::metrics::Metrics,
+    /// The last day of battery readings (`/api/telemetry`).
+    pub telemetry: telemetry::Telemetry,
 }
 
 /// The whole API as a router.
 pub fn router(state: ApiState, cors_origins: &[String], request_timeout: Duration) -> Router {
     let state = Arc::new(state);
     let api = Router::new()
+        .route("/api/telemetry", get(telemetry::telemetry))
         .route("/api/health", get(health))
         .route(
             "/api/charge/schedule",

@@ -28,13 +28,16 @@ pub const BEARER: &str = "bearer";
 pub const API_KEY_HEADER: &str = "api_key";
 
 const DESCRIPTION: &str = "\
+[← Back to the dashboard](/)
+
 Grid-charges a LuxPower/EG4 battery to a chosen state of charge (SOC) at a scheduled local time, \
 through a Monitor My Solar dongle spoken to over MQTT.
 
 **Time on the wire.** Datetimes are naive local wall-clock time (the configured `timezone:`, else \
 the system zone) in ISO 8601 without offset: scheduled instants with whole seconds \
 (`2025-12-27T02:30:00`), \"now\"-type stamps (`last_updated`, `stopped_at`, `charge_started_at`) \
-with microseconds (`2025-12-26T10:30:00.123456`).
+with microseconds (`2025-12-26T10:30:00.123456`). `/api/telemetry`'s datetimes alone carry their \
+offset (`2026-01-15T01:00:00-08:00`), to keep a chart in order across a daylight-saving change.
 
 **Errors.** An invalid request body answers 422 with FastAPI's `{\"detail\": [...]}` list, one \
 entry per problem. Other errors answer `{\"detail\": \"...\"}`: 401 without a valid API key, 404 \
@@ -61,6 +64,7 @@ send it from this page. Without a configured key the API is open.";
         super::charging_enable,
         super::charging_disable,
         super::charging_status,
+        super::telemetry::telemetry,
         super::root,
     ),
     components(

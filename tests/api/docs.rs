@@ -16,7 +16,7 @@ const MIN: Duration = Duration::from_secs(60);
 const KEY: &str = "s3cret-key";
 
 /// Every operation of the contract, as (path, method).
-const CONTRACT: [(&str, &str); 10] = [
+const CONTRACT: [(&str, &str); 11] = [
     ("/api/health", "get"),
     ("/api/charge/schedule", "get"),
     ("/api/charge/schedule", "post"),
@@ -26,6 +26,7 @@ const CONTRACT: [(&str, &str); 10] = [
     ("/api/charging/enable", "post"),
     ("/api/charging/disable", "post"),
     ("/api/charging/status", "get"),
+    ("/api/telemetry", "get"),
     ("/", "get"),
 ];
 
@@ -126,6 +127,17 @@ async fn the_openapi_document_is_openapi_3_and_lists_every_endpoint_of_the_contr
         listed.len(),
         CONTRACT.len(),
         "the document lists operations the contract does not: {listed:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_document_leads_back_to_the_dashboard() {
+    let w = World::start(Setup::default()).await;
+    let doc = document(&w).await;
+    let said = doc["info"]["description"].as_str().unwrap_or_default();
+    assert!(
+        said.contains("dashboard](/)"),
+        "the docs page shows the description, with a link to /: {said}"
     );
 }
 
@@ -416,8 +428,10 @@ impl Samples<'_> {
     ) -> Value {
         let a = call(self.w, method.clone(), path, key, body).await;
         let json = a.json();
+        // The document's operations are keyed by the path alone.
+        let operation = path.split('?').next().unwrap_or(path);
         self.taken.push(json!({
-            "method": method.as_str(), "path": path, "status": a.status, "body": json,
+            "method": method.as_str(), "path": operation, "status": a.status, "body": json,
         }));
         json
     }
@@ -445,6 +459,8 @@ async fn the_document_passes_openapi_spec_validator_and_the_services_answers_mat
         "/api/charge/status",
         "/api/charging/status",
         "/api/charge/history",
+        "/api/telemetry",
+        "/api/telemetry?hours=99",
     ] {
         s.take(Method::GET, path, b"").await;
     }
@@ -711,9 +727,10 @@ async fn every_answer_has_exactly_the_fields_its_schema_in_the_document_lists() 
     // Asks, and checks the answer against the schema the document gives for its status.
     let mut ask = async |w: &World, method: Method, path: &str, key: Option<&str>, body: &[u8]| {
         let a = call(w, method.clone(), path, key, body).await;
+        let operation = path.split('?').next().unwrap_or(path);
         let schema = doc
             .get("paths")
-            .and_then(|p| p.get(path))
+            .and_then(|p| p.get(operation))
             .and_then(|p| p.get(&method.as_str().to_lowercase()))
             .and_then(|op| op.get("responses"))
             .and_then(|r| r.get(&a.status.to_string()))
@@ -729,7 +746,7 @@ async fn every_answer_has_exactly_the_fields_its_schema_in_the_document_lists() 
                 )
             });
         let value: Ordered = serde_json::from_slice(&a.body).unwrap();
-        let at = format!("{method} {path} {}", a.status);
+        let at = format!("{method} {operation} {}", a.status);
         check_fields(&doc, schema, &at, &value, &mut seen);
         checked.push(at);
         a.json()
@@ -743,6 +760,7 @@ async fn every_answer_has_exactly_the_fields_its_schema_in_the_document_lists() 
         "/api/charge/status",
         "/api/charging/status",
         "/api/charge/history",
+        "/api/telemetry?hours=0",
     ] {
         ask(&w, Method::GET, path, k, b"").await;
     }
@@ -771,6 +789,7 @@ async fn every_answer_has_exactly_the_fields_its_schema_in_the_document_lists() 
         "/api/charge/status",
         "/api/charging/status",
         "/api/charge/schedule",
+        "/api/telemetry?hours=1",
     ] {
         ask(&w, Method::GET, path, k, b"").await;
     }
@@ -814,6 +833,8 @@ async fn every_answer_has_exactly_the_fields_its_schema_in_the_document_lists() 
         "GET /api/charge/schedule 200",
         "POST /api/charge/schedule 200",
         "POST /api/charge/schedule 422",
+        "GET /api/telemetry 200",
+        "GET /api/telemetry 422",
         "GET / 200",
     ] {
         assert!(checked.iter().any(|c| c == must), "{must} was not checked");
@@ -834,6 +855,8 @@ async fn every_answer_has_exactly_the_fields_its_schema_in_the_document_lists() 
         "ChargingStatus",
         "ScheduleResponse",
         "Overview",
+        "TelemetryWindow",
+        "TelemetrySample",
     ] {
         assert!(
             seen.contains_key(schema),

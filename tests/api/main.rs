@@ -16,3 +16,4 @@ mod owner;
 mod process;
 mod resilience;
 mod sessions;
+mod telemetry;

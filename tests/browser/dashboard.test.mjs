@@ -1,23 +1,32 @@
-// The dashboard as a person uses it: headless Chromium against a demo instance (embedded
+// The dashboard as a person uses it: headless Chromium against demo instances (embedded
 // broker, simulated inverter, the real service), through the page's own form and buttons.
+//
+// The service binary: $SBC_BIN, else debug/solar-charging-backend under $CARGO_TARGET_DIR (as
+// cargo resolves it: relative to the repository), else under the repository's target/.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 
 const root = fileURLToPath(new URL("../../", import.meta.url));
-const BIN = process.env.SBC_BIN || `${root}target/debug/solar-charging-backend`;
+const TARGET = resolve(root, process.env.CARGO_TARGET_DIR || "target");
+const BIN = process.env.SBC_BIN || resolve(TARGET, "debug/solar-charging-backend");
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const SCREENSHOT = process.env.SCREENSHOT; // a path: save the README's screenshot there
+const SCREENSHOT_PHONE = process.env.SCREENSHOT_PHONE; // and its phone-width one there
 
-let demo, base, browser;
+let base, browser;
+const demos = [];
 
-function startDemo() {
+function startDemo(...extra) {
   // Port 0: the banner names the port the OS picked.
-  const child = spawn(BIN, ["demo", "--port", "0", "--speed", "100", "--soc", "38"], {
+  const child = spawn(BIN, ["demo", "--port", "0", "--speed", "100", "--soc", "38", ...extra], {
     stdio: ["ignore", "pipe", "pipe"],
   });
+  demos.push(child);
   return new Promise((resolve, reject) => {
     let out = "";
     const guard = setTimeout(() => reject(new Error(`the demo did not start:\n${out}`)), 60_000);
@@ -26,7 +35,7 @@ function startDemo() {
       const m = out.match(/Dashboard:\s+(http:\/\/[^\s/]+)\//);
       if (m) {
         clearTimeout(guard);
-        resolve({ child, base: m[1] });
+        resolve(m[1]);
       }
     });
     child.stderr.on("data", (d) => (out += d));
@@ -35,7 +44,7 @@ function startDemo() {
 }
 
 before(async () => {
-  ({ child: demo, base } = await startDemo());
+  base = await startDemo();
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     args: [
@@ -52,58 +61,392 @@ before(async () => {
 
 after(async () => {
   await browser?.close();
-  demo?.kill("SIGTERM");
+  for (const d of demos) d.kill("SIGTERM");
 });
 
-async function open(viewport = { width: 1100, height: 900 }) {
+const PHONE = { width: 360, height: 740 };
+
+async function open(opts = {}) {
+  const { viewport = { width: 1100, height: 900 }, at = base, waitForSoc = true, setup } = opts;
   const page = await browser.newPage({ viewport });
   const failures = [];
   page.on("requestfailed", (r) => failures.push(r.url()));
   page.on("request", (r) => {
-    if (!r.url().startsWith(base)) failures.push(`off-site: ${r.url()}`);
+    if (!r.url().startsWith(at)) failures.push(`off-site: ${r.url()}`);
   });
   page.on("console", (m) => process.stderr.write(`console: ${m.text()}\n`));
-  await page.goto(`${base}/`);
+  page.on("pageerror", (e) => failures.push(`script error: ${e.message}`));
+  if (setup) await setup(page);
+  await page.goto(`${at}/`);
   // Live data arrives from the API: the SOC shows a number.
-  await page.waitForFunction(() => /\d+ %/.test(document.getElementById("soc").textContent));
+  if (waitForSoc) await page.waitForFunction(() => /\d+ %/.test(document.getElementById("soc").textContent));
   return { page, failures };
 }
 
+async function call(method, path, body) {
+  const r = await fetch(`${base}${path}`, {
+    method,
+    headers: body === undefined ? {} : { "Content-Type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  assert.ok(r.ok, `${method} ${path}: ${r.status}`);
+  return r.json();
+}
+
+/// Resolves once the page has asked for its status `n` more times (it refreshes on a timer).
+function refreshes(page, n) {
+  return new Promise((resolve) => {
+    let seen = 0;
+    const on = (r) => {
+      if (r.url().endsWith("/api/charging/status") && ++seen >= n) {
+        page.off("requestfinished", on);
+        resolve();
+      }
+    };
+    page.on("requestfinished", on);
+  });
+}
+
+const text = (page, sel) => page.textContent(sel);
+
+test("the page served is the dashboard file of this tree", async () => {
+  const served = await (await fetch(`${base}/`, { headers: { Accept: "text/html" } })).text();
+  const file = readFileSync(resolve(root, "src/http/dashboard.html"), "utf8");
+  assert.equal(served, file, `${BIN} was built from another tree: build it again`);
+});
+
 test("the dashboard shows the battery, then saves a schedule through its form", async () => {
   const { page, failures } = await open();
-  assert.match(await page.textContent("#mqtt"), /connected/);
+  assert.match(await text(page, "#mqtt"), /connected/);
   await page.fill("#f-target", "77");
   await page.fill("#f-time", "03:45");
   await page.selectOption("#f-mode", "once");
   await page.click("#save");
   await page.waitForFunction(() => document.getElementById("msg").textContent.startsWith("Schedule saved"));
-  await page.waitForFunction(() => document.getElementById("mode").textContent === "once, 77 % at 03:45");
-  const schedule = await (await fetch(`${base}/api/charge/schedule`)).json();
+  await page.waitForFunction(() => document.getElementById("s-target").textContent === "77 % at 03:45");
+  assert.equal(await text(page, "#s-repeat"), "once");
+  const schedule = await call("GET", "/api/charge/schedule");
   assert.equal(schedule.target_soc, 77);
   assert.equal(schedule.start_time, "03:45");
   assert.equal(schedule.mode, "once");
-  assert.match(await page.textContent("#next"), /^\d{4}-\d\d-\d\d 03:45:00$/);
+  assert.match(await text(page, "#next"), /^\w{3} \d{4}-\d\d-\d\d 03:45$/);
   assert.deepEqual(failures, [], "every request stays on the service and succeeds");
   await page.close();
 });
 
+test("the form shows the saved schedule with its days, and saves it back as it is", async () => {
+  await call("POST", "/api/charge/schedule", {
+    target_soc: 66, start_time: "04:15", mode: "recurring", enabled: false, days: ["mon", "wed", "sat"],
+  });
+  const { page, failures } = await open();
+  await page.waitForFunction(() => document.getElementById("f-target").value === "66");
+  const form = () => page.evaluate(() => ({
+    target: document.getElementById("f-target").value,
+    time: document.getElementById("f-time").value,
+    mode: document.getElementById("f-mode").value,
+    enabled: document.getElementById("f-enabled").checked,
+    days: [...document.querySelectorAll("#f-days input:checked")].map((b) => b.value),
+    daysShown: !document.getElementById("f-days").hidden,
+  }));
+  assert.deepEqual(await form(), {
+    target: "66", time: "04:15", mode: "recurring", enabled: false, days: ["mon", "wed", "sat"], daysShown: true,
+  });
+  // What the server holds, not a default beside it.
+  assert.equal(await text(page, "#s-enabled"), "no");
+  assert.match(await text(page, "#next"), /disabled/);
+  assert.equal(await text(page, "#s-repeat"), "Mon, Wed, Sat");
+
+  // Saved untouched, it stays exactly as it was.
+  await page.click("#save");
+  await page.waitForFunction(() => document.getElementById("msg").textContent.startsWith("Schedule saved"));
+  let saved = await call("GET", "/api/charge/schedule");
+  assert.deepEqual(
+    [saved.target_soc, saved.start_time, saved.mode, saved.enabled, saved.days],
+    [66, "04:15", "recurring", false, ["mon", "wed", "sat"]],
+  );
+
+  // An edit in progress survives the page's refreshes.
+  await page.check("#f-days input[value=fri]");
+  await page.check("#f-enabled");
+  await page.fill("#f-target", "72");
+  await refreshes(page, 2);
+  assert.deepEqual((await form()).days, ["mon", "wed", "fri", "sat"]);
+  assert.equal((await form()).target, "72");
+  await page.click("#save");
+  await page.waitForFunction(() => /^Schedule saved: next run /.test(document.getElementById("msg").textContent));
+  saved = await call("GET", "/api/charge/schedule");
+  assert.deepEqual(
+    [saved.target_soc, saved.start_time, saved.mode, saved.enabled, saved.days],
+    [72, "04:15", "recurring", true, ["mon", "wed", "fri", "sat"]],
+  );
+  assert.match(saved.next_run, /T04:15:00$/);
+
+  // Every day is every day: no `days` sent, none echoed.
+  for (const day of ["tue", "thu", "sun"]) await page.check(`#f-days input[value=${day}]`);
+  await page.click("#save");
+  await page.waitForFunction(() => document.getElementById("s-repeat").textContent === "every day");
+  saved = await call("GET", "/api/charge/schedule");
+  assert.equal(saved.days, undefined);
+
+  // A fresh page shows it too.
+  await page.reload();
+  await page.waitForFunction(() => document.getElementById("f-target").value === "72");
+  assert.equal((await form()).days.length, 7);
+  assert.equal((await form()).enabled, true);
+  assert.deepEqual(failures, []);
+  await page.close();
+});
+
+test("saving from the form keeps the schedule's fields the form does not show", async () => {
+  const held = { target_soc: 80, start_time: "23:00", mode: "recurring", enabled: true, strategy: "cheapest", ready_by: "07:00",
+    next_run: "2026-01-16T02:00:00", is_charging: false, current_soc: 45 };
+  let posted = null;
+  const { page } = await open({
+    setup: (p) => p.route("**/api/charge/schedule", (r) => {
+      if (r.request().method() !== "POST") return r.fulfill({ json: held });
+      posted = r.request().postDataJSON();
+      return r.fulfill({ json: { ...held, ...posted } });
+    }),
+  });
+  await page.waitForFunction(() => document.getElementById("f-time").value === "23:00");
+  await page.fill("#f-target", "75");
+  await page.click("#save");
+  await page.waitForFunction(() => document.getElementById("msg").textContent.startsWith("Schedule saved"));
+  assert.deepEqual(posted, { strategy: "cheapest", ready_by: "07:00", target_soc: 75, start_time: "23:00", mode: "recurring", enabled: true });
+  await page.close();
+});
+
 test("charge now shows a charge in progress, and stop ends it", async () => {
+  await call("DELETE", "/api/charge/schedule");
   const { page } = await open();
   await page.fill("#now-target", "95");
   await page.click("#start");
   await page.waitForFunction(() => document.getElementById("charging").textContent === "charging", null, { timeout: 30_000 });
-  await page.waitForFunction(() => document.getElementById("started").textContent !== "–");
-  assert.match(await page.textContent("#target"), /95 %/);
+  await page.waitForFunction(() => document.getElementById("started").textContent !== "—");
+  assert.match(await text(page, "#target"), /95 %/);
+  assert.match(await text(page, "#power"), /^\d+ W \(charging\)$/);
   if (SCREENSHOT) await page.screenshot({ path: SCREENSHOT, fullPage: true });
+  if (SCREENSHOT_PHONE) {
+    await page.setViewportSize(PHONE);
+    await page.screenshot({ path: SCREENSHOT_PHONE, fullPage: true });
+  }
   await page.click("#stop");
   await page.waitForFunction(() => document.getElementById("charging").textContent === "idle", null, { timeout: 30_000 });
   await page.waitForFunction(() => document.querySelector("#history td").textContent !== "No charges yet", null, { timeout: 30_000 });
-  assert.match(await page.textContent("#history"), /cancelled/);
+  assert.match(await text(page, "#history .reason"), /^Stopped$/);
   await page.close();
 });
 
+test("the dashboard's stop ends the charge and leaves a repeating schedule in place", async () => {
+  const schedule = { target_soc: 90, start_time: "05:10", mode: "recurring", enabled: true, days: ["tue", "fri"] };
+  await call("POST", "/api/charge/schedule", schedule);
+  const { page } = await open();
+  assert.match(await page.getAttribute("#stop", "title"), /schedule stays/);
+  assert.match(await text(page, "#stop"), /keep schedule/);
+  await page.fill("#now-target", "95");
+  await page.click("#start");
+  await page.waitForFunction(() => document.getElementById("charging").textContent === "charging", null, { timeout: 30_000 });
+  await page.click("#stop");
+  await page.waitForFunction(() => document.getElementById("charging").textContent === "idle", null, { timeout: 30_000 });
+  const kept = await call("GET", "/api/charge/schedule");
+  assert.ok(kept, "the schedule is still there");
+  assert.deepEqual(
+    [kept.target_soc, kept.start_time, kept.mode, kept.enabled, kept.days],
+    [90, "05:10", "recurring", true, ["tue", "fri"]],
+  );
+  assert.match(kept.next_run, /T05:10:00$/);
+  await page.waitForFunction(() => document.getElementById("s-repeat").textContent === "Tue, Fri");
+  await page.close();
+});
+
+/// A hundred finished charges: every stop reason, long details, settings not put back.
+function fullHistory() {
+  const reasons = ["target_reached", "cutoff", "cancelled", "stale_data", "taper", "stalled", "write_failed",
+    "external_override", "skipped", "missed", "charge_failed"];
+  return Array.from({ length: 100 }, (_, i) => {
+    const day = String(28 - (i % 28)).padStart(2, "0");
+    const reason = reasons[i % reasons.length];
+    return {
+      started_at: `2026-01-${day}T01:58:45.123456`,
+      ended_at: i % 7 ? `2026-01-${day}T03:12:10.000001` : `2026-02-01T00:00:10.000001`,
+      origin: i % 2 ? "schedule" : "charge_now",
+      target_soc: 80,
+      start_soc: reason === "missed" ? null : 45,
+      end_soc: reason === "missed" ? null : 80,
+      stop_reason: reason,
+      detail: i % 3 ? null
+        : "The occurrence at 2026-01-15T02:30:00 was not run: the service was not running then (it started again at 2026-01-15T07:41:13), so the battery was not charged overnight.",
+      energy_wh: reason === "missed" ? null : 4120.5,
+      ...(i % 10 === 4 ? { restore_failures: ["ACChgStart: left at 00:00 (was 23:30)", "ACChgSOCLimit: left at 80 (was 100)"] } : {}),
+    };
+  });
+}
+
+test("a full history reads as sentences and fits a 360 px screen without sideways scrolling", async () => {
+  const history = fullHistory();
+  const { page, failures } = await open({
+    viewport: PHONE,
+    setup: (p) => p.route("**/api/charge/history", (r) => r.fulfill({ json: history })),
+  });
+  await page.waitForFunction(() => document.querySelectorAll("#history tr").length === 10);
+  await page.click("#history-more");
+  await page.waitForFunction(() => document.querySelectorAll("#history tr").length === 100);
+  const reasons = await page.$$eval("#history .reason", (els) => els.map((e) => e.textContent));
+  for (const r of ["Target reached", "Safety cutoff", "Stopped", "Skipped: already at target", "Missed", "Charge failed"]) {
+    assert.ok(reasons.includes(r), `${r} is among ${[...new Set(reasons)]}`);
+  }
+  assert.ok(!reasons.some((r) => r.includes("_")), "no wire names shown");
+  const page_text = await text(page, "#history");
+  assert.match(page_text, /was not run: the service was not running then/);
+  assert.match(page_text, /Not put back: ACChgStart: left at 00:00/);
+  assert.match(page_text, /Wed 2026-01-28 01:58/, "times in the service's wall clock, with the weekday");
+  // The zone the times are in, as the service names it.
+  await page.waitForFunction(() => /^in \S+, the service's time zone$/.test(document.querySelector(".note .zone").textContent));
+  const widths = await page.evaluate(() => ({ scroll: document.documentElement.scrollWidth, inner: innerWidth }));
+  assert.ok(widths.scroll <= widths.inner, `page is ${widths.scroll}px wide on a ${widths.inner}px screen`);
+  // Rows are cards: the header row is hidden and each cell names its column.
+  assert.equal(await page.isVisible("#history-table thead"), false);
+  assert.equal(await page.getAttribute("#history tr:first-child td:last-child", "data-label"), "Outcome");
+  assert.deepEqual(failures, []);
+  await page.close();
+});
+
+test("absurd readings are never shown", async () => {
+  const { page, failures } = await open({
+    setup: async (p) => {
+      await p.route("**/api/charging/status", async (r) => {
+        const real = await (await r.fetch()).json();
+        await r.fulfill({ json: { ...real, battery_power: -1e300, charging_power: 1e300, current_soc: 250, target_soc: -3 } });
+      });
+      await p.route("**/api/telemetry*", async (r) => {
+        const real = await (await r.fetch()).json();
+        real.samples = [{ at: real.until, soc: 250, battery_power: -1e300 }];
+        await r.fulfill({ json: real });
+      });
+    },
+    waitForSoc: false,
+  });
+  await page.waitForFunction(() => document.getElementById("charging").textContent !== "—");
+  assert.equal(await text(page, "#power"), "—");
+  assert.equal(await text(page, "#soc"), "—");
+  assert.equal(await text(page, "#target"), "—");
+  await page.waitForSelector("#chart text.empty");
+  const body = await text(page, "body");
+  assert.doesNotMatch(body, /e\+300|250 %|-3 %|NaN|Infinity/);
+  assert.deepEqual(failures, []);
+  await page.close();
+});
+
+test("the chart draws the battery's readings from the service", async () => {
+  const { page, failures } = await open();
+  const window = await call("GET", "/api/telemetry?hours=24");
+  assert.ok(window.samples.length >= 1, JSON.stringify(window));
+  // The readings: a SOC line (at least its newest point) and the power as bars.
+  await page.waitForFunction(() => /^M[\d.]+,[\d.]+/.test(document.querySelector("#chart path.line")?.getAttribute("d") ?? ""));
+  assert.ok((await page.$$("#chart rect")).length >= 1, "power bars");
+  assert.ok(await page.isVisible("#chart circle.dot"));
+  const labels = await page.$$eval("#chart text", (els) => els.map((e) => e.textContent));
+  assert.ok(labels.filter((l) => /^\d\d:\d\d$/.test(l)).length >= 3, `time labels: ${labels}`);
+  assert.ok(labels.includes("100%") && labels.includes("0%"), `SOC axis: ${labels}`);
+
+  // The same function draws any series: a day of samples with a gap, and bars of any width.
+  const drawn = await page.evaluate(() => {
+    const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+    svg.style.width = "600px";
+    svg.style.height = "200px";
+    document.body.append(svg);
+    const from = Date.UTC(2026, 0, 15, 0, 0), minute = 60000;
+    const line = [];
+    for (let m = 0; m < 24 * 60; m += 10) if (m < 600 || m > 720) line.push({ t: from + m * minute, v: 20 + (m / 1440) * 70 });
+    const bars = Array.from({ length: 48 }, (_, i) => ({ t: from + i * 30 * minute, end: from + (i + 1) * 30 * minute, v: (i % 5) - 2 }));
+    drawChart(svg, {
+      from, until: from + 24 * 60 * minute,
+      line: { points: line, min: 0, max: 100, unit: "%", gap: 30 * minute },
+      bars: { points: bars, unit: "p/kWh" },
+      label: (t) => new Date(t).toISOString().slice(11, 16), align: 0,
+    });
+    const d = svg.querySelector("path.line").getAttribute("d");
+    return {
+      moves: (d.match(/M/g) || []).length,
+      points: (d.match(/[ML]/g) || []).length,
+      rects: svg.querySelectorAll("rect").length,
+      labels: [...svg.querySelectorAll("text")].map((t) => t.textContent),
+    };
+  });
+  assert.equal(drawn.points, 144 - 13, "every point of the line");
+  assert.equal(drawn.moves, 2, "the line breaks at the gap");
+  assert.equal(drawn.rects, 48);
+  assert.ok(drawn.labels.includes("00:00") && drawn.labels.includes("12:00"), `${drawn.labels}`);
+  assert.deepEqual(failures, []);
+  await page.close();
+});
+
+test("a dongle that does not report shows as offline, not as all well", async () => {
+  const offline = await startDemo("--fault", "offline");
+  const { page, failures } = await open({ at: offline, waitForSoc: false });
+  await page.waitForFunction(() => document.getElementById("dongle").textContent === "offline");
+  assert.match(await page.getAttribute("#dongle", "class"), /\boff\b/);
+  assert.match(await text(page, "#dongle-seen"), /never seen|last seen/);
+  assert.doesNotMatch(await page.getAttribute("#mqtt", "class"), /\bon\b/, "a broker connection alone is not green");
+  assert.ok(await page.isVisible("#banner"));
+  assert.match(await text(page, "#banner"), /not reporting/);
+  assert.equal(await text(page, "#soc"), "—");
+  assert.deepEqual(failures, []);
+  await page.close();
+});
+
+test("the API key is asked once and kept; a dismissed prompt does not come back", async () => {
+  // The service with a key: every /api/* path but health answers 401 without it.
+  const KEY = "s3cret";
+  const page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
+  await page.route("**/api/**", (r) => {
+    const path = new URL(r.request().url()).pathname;
+    if (path === "/api/health" || r.request().headers()["x-api-key"] === KEY) return r.continue();
+    return r.fulfill({ status: 401, json: { detail: "Not authenticated" }, headers: { "WWW-Authenticate": "Bearer" } });
+  });
+  const prompts = [];
+  let answer = null;
+  page.on("dialog", (d) => {
+    prompts.push(d.message());
+    return answer ? d.accept(answer) : d.dismiss();
+  });
+  await page.goto(`${base}/`);
+  await page.waitForSelector("#key-button", { state: "visible" });
+  await refreshes(page, 2);
+  assert.equal(prompts.length, 1, `asked once: ${prompts}`);
+  await page.reload();
+  await page.waitForSelector("#key-button", { state: "visible" });
+  await refreshes(page, 1);
+  assert.equal(prompts.length, 1, "not asked again after a reload");
+  assert.equal(await text(page, "#soc"), "—");
+
+  answer = KEY;
+  await page.click("#key-button");
+  await page.waitForFunction(() => /\d+ %/.test(document.getElementById("soc").textContent));
+  assert.equal(prompts.length, 2);
+  assert.equal(await page.evaluate(() => localStorage.getItem("apiKey")), KEY);
+  await page.waitForSelector("#key-button", { state: "hidden" });
+  await page.reload();
+  await page.waitForFunction(() => /\d+ %/.test(document.getElementById("soc").textContent));
+  assert.equal(prompts.length, 2, "the kept key is used without asking");
+  await page.close();
+});
+
+test("the dashboard and the API docs link to each other", async () => {
+  const { page } = await open();
+  await page.click("header a[href='/docs']");
+  await page.waitForSelector(".swagger-ui .info");
+  // Swagger UI opens the description's links in a new tab.
+  const link = page.locator(".swagger-ui .info a[href='/']");
+  const opened = (await link.getAttribute("target")) === "_blank" ? page.waitForEvent("popup") : Promise.resolve(page);
+  await link.click();
+  const dashboard = await opened;
+  await dashboard.waitForFunction(() => /\d+ %/.test(document.getElementById("soc")?.textContent ?? ""));
+  await page.context().close();
+});
+
 test("the page fits a phone screen without sideways scrolling", async () => {
-  const { page } = await open({ width: 390, height: 844 });
+  const { page } = await open({ viewport: { width: 390, height: 844 } });
   const width = await page.evaluate(() => document.documentElement.scrollWidth);
   assert.ok(width <= 390, `page is ${width}px wide on a 390px screen`);
   await page.close();
