@@ -12,8 +12,6 @@ use solar_charging_backend::domain::session::StopReason;
 use solar_charging_backend::engine::Status;
 use solar_charging_backend::run::{Demo, start_demo, start_demo_with_clock};
 
-use crate::harness::GUARD;
-
 fn args(firmware: FirmwareArg, fault: FaultArg, speed: f64) -> DemoArgs {
     DemoArgs {
         port: 0,
@@ -39,17 +37,7 @@ async fn manual_demo(args: DemoArgs) -> (Demo, ManualClock) {
 }
 
 async fn wait_status(demo: &Demo, pred: impl Fn(&Status) -> bool) -> Status {
-    let mut rx = demo.app.engine.watch();
-    let found = tokio::time::timeout(GUARD, rx.wait_for(|s| pred(s)))
-        .await
-        .map(|r| r.map(|s| s.clone()));
-    match found {
-        Ok(Ok(s)) => s,
-        _ => panic!(
-            "the demo never reached the expected state; last: {:#?}",
-            *rx.borrow()
-        ),
-    }
+    crate::harness::wait_for_status(&demo.app.engine, pred).await
 }
 
 /// Lets `d` pass and waits until the service has seen the dongle's report of that instant.

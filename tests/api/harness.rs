@@ -247,17 +247,7 @@ impl World {
 
     /// Waits until the engine's status satisfies `pred`.
     pub async fn wait_status(&self, pred: impl Fn(&Status) -> bool) -> Status {
-        let mut rx = self.app.as_ref().expect("running").engine.watch();
-        let found = tokio::time::timeout(GUARD, rx.wait_for(|s| pred(s)))
-            .await
-            .map(|r| r.map(|s| s.clone()));
-        match found {
-            Ok(Ok(s)) => s,
-            _ => panic!(
-                "the service never reached the expected state; last: {:#?}",
-                *rx.borrow()
-            ),
-        }
+        wait_for_status(&self.app.as_ref().expect("running").engine, pred).await
     }
 
     /// Waits until the simulator's state satisfies `pred`.
@@ -345,6 +335,24 @@ fn prefixed(extra: &str) -> String {
         String::new()
     } else {
         format!(", {extra}")
+    }
+}
+
+/// Waits until `engine`'s status satisfies `pred` (at most [`GUARD`] of real time).
+pub async fn wait_for_status(
+    engine: &solar_charging_backend::engine::EngineHandle,
+    pred: impl Fn(&Status) -> bool,
+) -> Status {
+    let mut rx = engine.watch();
+    let found = tokio::time::timeout(GUARD, rx.wait_for(|s| pred(s)))
+        .await
+        .map(|r| r.map(|s| s.clone()));
+    match found {
+        Ok(Ok(s)) => s,
+        _ => panic!(
+            "the service never reached the expected state; last: {:#?}",
+            *rx.borrow()
+        ),
     }
 }
 
