@@ -252,17 +252,7 @@ impl World {
 
     /// Waits until the simulator's state satisfies `pred`.
     pub async fn wait_sim(&self, pred: impl Fn(&SimState) -> bool) -> SimState {
-        let mut rx = self.sim.state();
-        let found = tokio::time::timeout(GUARD, rx.wait_for(|s| pred(s)))
-            .await
-            .map(|r| r.map(|s| s.clone()));
-        match found {
-            Ok(Ok(s)) => s,
-            _ => panic!(
-                "the simulator never reached the expected state; last: {:#?}",
-                *rx.borrow()
-            ),
-        }
+        wait_watch(self.sim.state(), pred, "the simulator").await
     }
 
     /// Lets `d` pass, makes the dongle report, and waits until the service has seen that
@@ -343,14 +333,23 @@ pub async fn wait_for_status(
     engine: &solar_charging_backend::engine::EngineHandle,
     pred: impl Fn(&Status) -> bool,
 ) -> Status {
-    let mut rx = engine.watch();
+    wait_watch(engine.watch(), pred, "the service").await
+}
+
+/// Waits until the watched value satisfies `pred` (at most [`GUARD`] of real time); `who`
+/// names what never got there.
+async fn wait_watch<T: Clone + std::fmt::Debug>(
+    mut rx: tokio::sync::watch::Receiver<T>,
+    pred: impl Fn(&T) -> bool,
+    who: &str,
+) -> T {
     let found = tokio::time::timeout(GUARD, rx.wait_for(|s| pred(s)))
         .await
         .map(|r| r.map(|s| s.clone()));
     match found {
         Ok(Ok(s)) => s,
         _ => panic!(
-            "the service never reached the expected state; last: {:#?}",
+            "{who} never reached the expected state; last: {:#?}",
             *rx.borrow()
         ),
     }
