@@ -33,6 +33,7 @@ pub mod ha;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod run;
 pub mod sim;
 pub mod store;
