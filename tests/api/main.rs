@@ -1,8 +1,10 @@
 //! Whole-service tests: the real app on port 0, a real MQTT broker (in this process, or
 //! Debian's mosquitto as a child process), the simulated dongle, and a manual clock.
 
+mod apns_stand_in;
 mod harness;
 
+mod apns;
 mod charging;
 mod contract;
 mod demo;
