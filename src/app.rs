@@ -213,6 +213,7 @@ pub async fn start(
         metrics.clone(),
     );
     let mqtt_connected = dongle.connected();
+    let notifier = crate::notify::Notifier::new(config, store.clone(), clock.now());
     let engine_cfg = EngineConfig {
         params: charge_params(config),
         tz: config.timezone.clone(),
@@ -227,6 +228,7 @@ pub async fn start(
         dongle,
         loaded.state,
         metrics.clone(),
+        notifier.clone(),
     );
     let engine_task = tokio::spawn(engine.run(cmds, events_rx, shutdown.clone()));
     // Not essential: it ends once the dongle is heard, which must not stop the service.
@@ -249,6 +251,7 @@ pub async fn start(
         started: std::time::Instant::now(),
         clock: clock.clone(),
         metrics: metrics.clone(),
+        notifier: notifier.clone(),
     };
     let router = http::router(api, &config.server.cors_origins, Duration::from_secs(120));
     let addr = listener.local_addr()?;
@@ -270,6 +273,9 @@ pub async fn start(
         .map(|(t, name)| (name, t))
         .collect();
     other_tasks.push(("HTTP server", http_task));
+    // Stopped with the dongle client, after the engine has handed over its last events.
+    let notify_task = tokio::spawn(notifier.clone().run(clock.clone(), io_shutdown.clone()));
+    other_tasks.push(("notifications", notify_task));
     if let Some(integration) = home_assistant {
         let links = crate::ha::Links {
             mqtt,

@@ -171,6 +171,9 @@ pub struct Config {
     pub charging: ChargingConfig,
     pub logging: LoggingConfig,
     pub home_assistant: HomeAssistantConfig,
+    /// The old backend's push section; `None` when the file has none.
+    pub apns: Option<ApnsConfig>,
+    pub notifications: NotificationsConfig,
     /// The IANA zone schedules are computed in.
     pub timezone: TimeZone,
     /// The zone's name for display (`system` when taken from the system).
@@ -305,15 +308,12 @@ pub fn parse(text: &str, env: &EnvOverrides) -> Result<Loaded, Vec<Problem>> {
             "logging",
             "home_assistant",
             "timezone",
+            "apns",
+            "notifications",
         ],
     );
-    if root.contains_key("apns") {
-        // Named separately: the old backend's push section is expected in real files.
-        c.warn(
-            "apns",
-            "push notifications are not implemented by this service; the section is ignored",
-        );
-    }
+    let apns = notify::apns_section(&mut c, root);
+    let notifications = notify::notifications_section(&mut c, root);
 
     let mqtt = c.section(root, "mqtt");
     c.unknown_keys(
@@ -601,6 +601,8 @@ pub fn parse(text: &str, env: &EnvOverrides) -> Result<Loaded, Vec<Problem>> {
             charging,
             logging: LoggingConfig { level, format },
             home_assistant,
+            apns,
+            notifications,
             timezone,
             timezone_name,
         },
@@ -717,7 +719,7 @@ impl Checker {
 
     fn unknown_keys(&mut self, section: &str, map: &Map<String, Value>, known: &[&str]) {
         for key in map.keys() {
-            if !(known.contains(&key.as_str()) || section.is_empty() && key == "apns") {
+            if !known.contains(&key.as_str()) {
                 let path = if section.is_empty() {
                     key.clone()
                 } else {
@@ -883,6 +885,9 @@ impl Checker {
         }
     }
 }
+
+mod notify;
+pub use notify::{ApnsConfig, NotificationsConfig, NtfyConfig, WebhookConfig, check_url};
 
 #[cfg(test)]
 mod tests;

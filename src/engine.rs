@@ -31,6 +31,7 @@ use crate::domain::units::TargetSoc;
 use crate::dongle::client::{DongleEvent, DongleHandle};
 use crate::logging::Throttle;
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::store::{State, Store};
 
 #[derive(Debug, Clone)]
@@ -166,6 +167,8 @@ pub struct Engine {
     stopping: bool,
     bad_values: Throttle,
     metrics: Metrics,
+    /// Where events go once saved with the state.
+    notifier: Notifier,
 }
 
 /// Builds the engine from the stored state and returns it with its handle. Nothing runs until
@@ -177,6 +180,7 @@ pub fn new(
     dongle: DongleHandle,
     state: State,
     metrics: Metrics,
+    notifier: Notifier,
 ) -> (Engine, EngineHandle, mpsc::Receiver<Command>) {
     let core = EngineCore::new(
         CoreConfig {
@@ -204,6 +208,7 @@ pub fn new(
         stopping: false,
         bad_values: Throttle::per_minute(),
         metrics,
+        notifier,
     };
     let handle = EngineHandle {
         cmds: cmd_tx,
@@ -431,6 +436,11 @@ impl Engine {
                     error!("the charge history could not be written: {e}");
                 }
             }
+            Effect::Notify(events) => {
+                let ids = events.iter().map(|e| e.id.clone()).collect();
+                let result = off_the_worker(|| self.notifier.accept(&events, now.wall));
+                return self.core.handle(Input::Notified { ids, result }, now);
+            }
             Effect::Reply(id, reply) => match (self.waiting.remove(&id), *reply) {
                 (Some(Waiting::Schedule(tx)), Reply::Schedule(r)) => {
                     let _ = tx.send(r);
@@ -454,12 +464,17 @@ impl Engine {
 /// the duration: an fsync can take hundreds of milliseconds on an SD card, and the write the
 /// engine has just handed to the dongle client (a stop, say) must not wait behind it.
 fn save_off_the_worker(store: &Store, state: &State) -> Result<(), crate::store::StoreError> {
+    off_the_worker(|| store.save(state))
+}
+
+/// Runs a blocking file write, letting the runtime move this worker's other tasks elsewhere.
+fn off_the_worker<T>(f: impl FnOnce() -> T) -> T {
     use tokio::runtime::{Handle, RuntimeFlavor};
     let on_multi_thread =
         Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
     if on_multi_thread {
-        tokio::task::block_in_place(|| store.save(state))
+        tokio::task::block_in_place(f)
     } else {
-        store.save(state)
+        f()
     }
 }

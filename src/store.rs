@@ -146,7 +146,34 @@ impl Store {
         self.write_atomic(STATE_FILE, &encode_state(state))
     }
 
-    fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+    /// Reads a small file of the data directory: `Ok(None)` when there is none, and when it
+    /// cannot be used (`check` says why) it is set aside as `<name>.corrupt-<time>` and the
+    /// error says so, never silently replaced.
+    pub fn read_or_set_aside<T>(
+        &self,
+        name: &str,
+        now: Timestamp,
+        check: impl FnOnce(&[u8]) -> Result<T, String>,
+    ) -> Result<Option<T>, String> {
+        let path = self.path(name);
+        match fs::read(&path) {
+            Ok(bytes) => match check(&bytes) {
+                Ok(v) => Ok(Some(v)),
+                Err(why) => {
+                    let aside = self.set_aside(&path, "corrupt", now);
+                    Err(format!(
+                        "{} could not be read ({why}); it was kept as {aside} and the service starts without it",
+                        path.display()
+                    ))
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("{} could not be read: {e}", path.display())),
+        }
+    }
+
+    /// Replaces a file of the data directory atomically (see the module docs).
+    pub fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
         let path = self.path(name);
         let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)
             .map_err(io("create a temporary file in", &self.dir))?;
@@ -319,7 +346,7 @@ mod tests {
             version: FORMAT_VERSION,
             schedule: Some(schedule()),
             session: None,
-            ac_maybe_left_on: false,
+            ..State::default()
         };
         store.save(&state).unwrap();
         let loaded = store.load(now(), &tz());

@@ -1,6 +1,8 @@
 //! Tests of `src/config.rs`.
 
 use super::*;
+use crate::domain::event::EventKind;
+use std::path::Path;
 
 const OLD: &str = r#"
 mqtt:
@@ -33,7 +35,7 @@ fn no_env() -> EnvOverrides {
 }
 
 #[test]
-fn the_old_backends_file_loads_unchanged_with_apns_only_warned() {
+fn the_old_backends_file_loads_unchanged_with_its_push_section_read() {
     let l = parse(OLD, &no_env()).unwrap();
     let c = &l.config;
     assert_eq!(c.mqtt.host, "192.168.1.100");
@@ -43,8 +45,112 @@ fn the_old_backends_file_loads_unchanged_with_apns_only_warned() {
     assert_eq!(c.charging.safety_cutoff, Duration::from_secs(8 * 3600));
     assert_eq!(c.charging.max_retries, 3);
     assert_eq!(c.logging.level, "info");
-    assert_eq!(l.warnings.len(), 1);
-    assert_eq!(l.warnings[0].path, "apns");
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+    let apns = c.apns.as_ref().unwrap();
+    assert!(!apns.enabled);
+    assert_eq!(
+        apns.key_path.as_deref(),
+        Some(Path::new("/keys/AuthKey.p8"))
+    );
+    assert_eq!(apns.bundle_id.as_deref(), Some("com.example.solar"));
+    assert_eq!(apns.endpoint, None);
+}
+
+#[test]
+fn push_switched_on_with_keys_missing_is_a_warning_that_says_what_is_missing() {
+    let l = parse(
+        "mqtt: {host: b, dongle_prefix: d}\napns: {enabled: true, key_id: ABCDEFGHIJ}",
+        &no_env(),
+    )
+    .unwrap();
+    let w: Vec<_> = l
+        .warnings
+        .iter()
+        .map(|w| format!("{}: {}", w.path, w.message))
+        .collect();
+    assert!(
+        w.iter().any(|m| m.contains("apns.key_path")
+            && m.contains("apns.team_id")
+            && m.contains("apns.bundle_id")),
+        "{w:?}"
+    );
+}
+
+#[test]
+fn ntfy_and_webhooks_are_read_with_their_events() {
+    let l = parse(
+        r#"
+mqtt: {host: b, dongle_prefix: d}
+notifications:
+  ntfy: {url: "https://ntfy.sh/my-battery", token: tk, priority: high, events: [charge_failed, dongle_offline]}
+  webhooks:
+    - url: "http://ha.local:8123/api/webhook/x"
+      secret: s3
+    - {url: "https://example.org/hook", events: charge_complete}
+"#,
+        &no_env(),
+    )
+    .unwrap();
+    let n = &l.config.notifications;
+    let ntfy = n.ntfy.as_ref().unwrap();
+    assert_eq!(ntfy.priority, 4);
+    assert_eq!(ntfy.token.as_deref(), Some("tk"));
+    assert_eq!(
+        ntfy.events.as_deref(),
+        Some(&[EventKind::ChargeFailed, EventKind::DongleOffline][..])
+    );
+    assert_eq!(n.webhooks.len(), 2);
+    assert_eq!(n.webhooks[0].secret.as_deref(), Some("s3"));
+    assert_eq!(n.webhooks[0].events, None, "every event");
+    assert_eq!(
+        n.webhooks[1].events.as_deref(),
+        Some(&[EventKind::ChargeComplete][..])
+    );
+}
+
+#[test]
+fn a_wrong_url_event_or_priority_in_notifications_is_an_error_naming_it() {
+    let errs = parse(
+        r#"
+mqtt: {host: b, dongle_prefix: d}
+notifications:
+  ntfy: {url: "ntfy.sh/topic", priority: loud, events: [charge_done]}
+  webhooks:
+    - {secret: s}
+    - "http://x"
+"#,
+        &no_env(),
+    )
+    .unwrap_err();
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    for p in [
+        "notifications.ntfy.url",
+        "notifications.ntfy.priority",
+        "notifications.ntfy.events",
+        "notifications.webhooks[0].url",
+        "notifications.webhooks[1]",
+    ] {
+        assert!(paths.contains(&p), "{p} in {paths:?}");
+    }
+    let events = errs
+        .iter()
+        .find(|e| e.path == "notifications.ntfy.events")
+        .unwrap();
+    assert!(
+        events.message.contains("charge_complete"),
+        "{}",
+        events.message
+    );
+}
+
+#[test]
+fn an_ntfy_url_without_a_topic_is_refused() {
+    let errs = parse(
+        "mqtt: {host: b, dongle_prefix: d}\nnotifications: {ntfy: {url: 'https://ntfy.sh/'}}",
+        &no_env(),
+    )
+    .unwrap_err();
+    assert!(errs[0].message.contains("topic"), "{}", errs[0].message);
 }
 
 #[test]

@@ -23,10 +23,11 @@ use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use tracing::{debug, info, warn};
 
+use crate::domain::event::{Event, EventKind};
 use crate::domain::schedule::{Due, Schedule, ScheduleError};
 use crate::domain::session::{
-    AC_CHARGE, ChargeParams, Now, Origin, Phase, Report, Sabotage, Session, StopReason, Write,
-    WriteResult,
+    AC_CHARGE, BAT_CHG_CONTROL, ChargeParams, Now, Origin, Phase, Report, SOC_LIMIT, Sabotage,
+    Session, StopReason, WINDOWS, Write, WriteResult,
 };
 use crate::domain::soc_filter::{SocFilter, SocRule, Verdict};
 use crate::domain::state::{FORMAT_VERSION, SessionRecord, State};
@@ -43,6 +44,9 @@ const PREFETCH_VALID: Duration = Duration::from_secs(180);
 const BOOT_CONNECT_GRACE: Duration = Duration::from_secs(15);
 /// How often a reading that settles a doubtful SOC may be asked for.
 const SOC_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+/// How long the dongle must stay unreachable (beyond the stale limit, for silence) before the
+/// owner is told: a WiFi blip or a broker restart is not news.
+pub const DONGLE_OFFLINE_DEBOUNCE: Duration = Duration::from_secs(60);
 
 /// What the core needs from config.
 #[derive(Debug, Clone)]
@@ -127,6 +131,11 @@ pub struct Status {
     /// How long the dongle may say nothing before it counts as silent (the stale limit that
     /// also ends a charge).
     pub stale_after: Duration,
+    /// The inverter's AC-charge settings as last reported, and when they last were.
+    pub inverter: BTreeMap<String, SettingValue>,
+    pub inverter_read_at: Option<Timestamp>,
+    /// The charge-type setting's name (configurable; `ACChargeType` by default).
+    pub charge_type_setting: String,
 }
 
 impl Status {
@@ -145,6 +154,9 @@ impl Status {
             session: None,
             last_stop: None,
             stale_after: ChargeParams::default().stale_after,
+            inverter: BTreeMap::new(),
+            inverter_read_at: None,
+            charge_type_setting: ChargeParams::default().charge_type_setting,
         }
     }
 
@@ -271,6 +283,11 @@ pub enum Input {
         ticket: SaveTicket,
         result: Result<(), String>,
     },
+    /// The answer to an [`Effect::Notify`]: these events are safely in the outbox (or not).
+    Notified {
+        ids: Vec<String>,
+        result: Result<(), String>,
+    },
     /// Time passed (a wake-up at [`EngineCore::next_wake`], or a clock check).
     Tick,
     /// The service is stopping: save what is unsaved.
@@ -304,6 +321,9 @@ pub enum Effect {
     },
     /// Append a finished charge to the history.
     History(SessionRecord),
+    /// Hand these events (already saved with the state) to the outbox; answered by
+    /// [`Input::Notified`] before any other input. The outbox drops ids it has seen.
+    Notify(Vec<Event>),
     /// Boxed: a reply carries the whole status, many times the size of the other effects.
     Reply(RequestId, Box<Reply>),
 }
@@ -371,6 +391,17 @@ pub struct EngineCore {
     occurrence_records: Vec<SessionRecord>,
     /// A due occurrence waiting for the dongle, and why.
     awaiting_dongle: Option<(Timestamp, String)>,
+    /// Events saved with the state and not yet in the outbox.
+    events: Vec<Event>,
+    /// `events` changed since they were last handed to the outbox.
+    notify_pending: bool,
+    /// The owner was told the dongle is offline, and not yet that it is back.
+    dongle_reported_offline: bool,
+    /// Since when (monotonic) the broker connection is down, or the dongle says it is offline.
+    broker_down_since: Option<Duration>,
+    offline_said_since: Option<Duration>,
+    /// When the core booted (monotonic): silence is counted from here until the dongle is heard.
+    booted_at: Option<Duration>,
 }
 
 impl EngineCore {
@@ -379,6 +410,7 @@ impl EngineCore {
         let soc_filter = SocFilter::new(cfg.soc_rule);
         let ac_maybe_left_on = state.ac_maybe_left_on;
         let stale_after = cfg.params.stale_after;
+        let charge_type_setting = cfg.params.charge_type_setting.clone();
         EngineCore {
             ac_maybe_left_on,
             cfg,
@@ -386,6 +418,7 @@ impl EngineCore {
             session: state.session,
             status: Status {
                 stale_after,
+                charge_type_setting,
                 ..Status::new(started_at)
             },
             write_in_flight: false,
@@ -400,6 +433,12 @@ impl EngineCore {
             queued_start: None,
             occurrence_records: Vec::new(),
             awaiting_dongle: None,
+            notify_pending: !state.events.is_empty(),
+            events: state.events,
+            dongle_reported_offline: state.dongle_reported_offline,
+            broker_down_since: None,
+            offline_said_since: None,
+            booted_at: None,
             prefetched: None,
             prefetch_for: None,
             snapshot_is_prefetch: false,
@@ -439,6 +478,15 @@ impl EngineCore {
             Input::WriteDone(result) => self.on_write_result(result, now),
             Input::SnapshotDone(snap) => self.on_snapshot(snap, now),
             Input::SaveDone { ticket, result } => self.on_saved(ticket, result, now, &mut fx),
+            Input::Notified { ids, result } => match result {
+                Ok(()) => self.events.retain(|e| !ids.contains(&e.id)),
+                // Kept, saved with the state: handed again with the next event or at the next
+                // start.
+                Err(e) => warn!(
+                    "{} notification(s) could not be put in the outbox (they are kept and handed over again): {e}",
+                    ids.len()
+                ),
+            },
             Input::Tick => {}
             Input::Flush => {
                 self.persist(&mut fx);
@@ -473,6 +521,11 @@ impl EngineCore {
         if let Some(t) = self.connect_grace {
             d = d.min(t.saturating_sub(now.mono));
         }
+        if !self.dongle_reported_offline
+            && let Some((since, _)) = self.unreachable(now)
+        {
+            d = d.min((since + DONGLE_OFFLINE_DEBOUNCE).saturating_sub(now.mono));
+        }
         if let Some(s) = &self.session {
             if let Some(t) = s.next_wall_deadline() {
                 d = d.min(until(t));
@@ -488,8 +541,10 @@ impl EngineCore {
     /// session that was running when the process stopped.
     fn boot(&mut self, now: Now, connected: bool, fx: &mut Vec<Effect>) {
         self.status.mqtt_connected = connected;
+        self.booted_at = Some(now.mono);
         if !connected {
             self.connect_grace = Some(now.mono + BOOT_CONNECT_GRACE);
+            self.broker_down_since = Some(now.mono);
         }
         if let Some(s) = &mut self.schedule {
             s.rearm(now.wall, &self.cfg.tz);
@@ -521,12 +576,20 @@ impl EngineCore {
             self.request_snapshot(now, fx);
             self.dispatch(now, fx);
         }
+        self.announce_start(now);
         self.finish_session(now, fx);
         self.drop_spent_schedule();
+        self.watch_dongle(now);
         self.persist(fx);
         // After the save that consumed the occurrence: a crash in between leaves the
         // occurrence armed, to be judged again, rather than recorded twice.
         fx.extend(self.occurrence_records.drain(..).map(Effect::History));
+        // After the save that holds them: a crash in between hands them over at the next
+        // start.
+        if self.notify_pending && !self.events.is_empty() {
+            self.notify_pending = false;
+            fx.push(Effect::Notify(self.events.clone()));
+        }
         self.refresh_status();
         self.answer_waiters(now, fx);
     }
@@ -713,6 +776,109 @@ impl EngineCore {
         None
     }
 
+    /// Adds an event, to be saved with the state and then handed to the outbox.
+    fn emit(&mut self, event: Event) {
+        info!(event = %event.kind, id = %event.id, "notifying: {}", event.body());
+        self.events.push(event);
+        self.notify_pending = true;
+    }
+
+    /// Tells the owner once per session that AC charging is on.
+    fn announce_start(&mut self, now: Now) {
+        let Some(s) = &mut self.session else { return };
+        if !s.began_charging || s.start_announced {
+            return;
+        }
+        s.start_announced = true;
+        let mut event = Event::new(
+            format!("{}-{}", s.id, EventKind::ChargeStarted),
+            EventKind::ChargeStarted,
+            now.wall,
+        );
+        event.origin = Some(s.origin);
+        event.target_soc = Some(s.target);
+        event.soc = s.last_soc.or(s.start_soc);
+        event.start_soc = s.start_soc;
+        event.started_at = Some(s.started_at);
+        self.emit(event);
+    }
+
+    /// Since when (monotonic) the dongle cannot be reached, and why: the broker is down, the
+    /// dongle says it is offline, or it has been silent for the stale limit.
+    fn unreachable(&self, now: Now) -> Option<(Duration, String)> {
+        if !self.status.mqtt_connected {
+            let since = self.broker_down_since.or(self.booted_at)?;
+            return Some((
+                since,
+                "the MQTT broker cannot be reached, so neither can the dongle: check that the broker is running".into(),
+            ));
+        }
+        if self.status.dongle_online == Some(false) {
+            let since = self.offline_said_since.or(self.booted_at)?;
+            return Some((
+                since,
+                "the dongle says it is offline: check its power and WiFi".into(),
+            ));
+        }
+        let stale = self.cfg.params.stale_after;
+        let heard = self.last_heard.or(self.booted_at)?;
+        let silent_from = heard + stale;
+        (now.mono >= silent_from).then(|| {
+            let what = if self.last_heard.is_some() {
+                "nothing has been heard from the dongle"
+            } else {
+                "nothing has been heard from the dongle since the service started"
+            };
+            (
+                silent_from,
+                format!(
+                    "{what} for {} s: check its power and WiFi",
+                    now.mono.saturating_sub(heard).as_secs()
+                ),
+            )
+        })
+    }
+
+    /// Tells the owner when the dongle has been unreachable for a while, and when it is back.
+    fn watch_dongle(&mut self, now: Now) {
+        match self.unreachable(now) {
+            Some((since, why)) if !self.dongle_reported_offline => {
+                if now.mono < since + DONGLE_OFFLINE_DEBOUNCE {
+                    return;
+                }
+                self.dongle_reported_offline = true;
+                let mut event = Event::new(
+                    format!(
+                        "{}-{}",
+                        now.wall.strftime("%Y%m%dT%H%M%S%.3fZ"),
+                        EventKind::DongleOffline
+                    ),
+                    EventKind::DongleOffline,
+                    now.wall,
+                );
+                event.soc = self.status.soc;
+                event.detail = Some(why);
+                self.emit(event);
+            }
+            None if self.dongle_reported_offline && self.last_heard.is_some() => {
+                self.dongle_reported_offline = false;
+                let mut event = Event::new(
+                    format!(
+                        "{}-{}",
+                        now.wall.strftime("%Y%m%dT%H%M%S%.3fZ"),
+                        EventKind::DongleOnline
+                    ),
+                    EventKind::DongleOnline,
+                    now.wall,
+                );
+                event.soc = self.status.soc;
+                event.detail = Some("the dongle is heard again".into());
+                self.emit(event);
+            }
+            _ => {}
+        }
+    }
+
     /// Notes a scheduled occurrence that charged nothing, for the history.
     fn record_occurrence(
         &mut self,
@@ -723,12 +889,26 @@ impl EngineCore {
         now: Now,
     ) {
         let soc = self.status.soc;
+        let id = format!(
+            "{}-{}",
+            occurrence.strftime("%Y%m%dT%H%M%SZ"),
+            reason.as_str()
+        );
+        let kind = match reason {
+            StopReason::Skipped => EventKind::ChargeSkipped,
+            StopReason::ChargeFailed => EventKind::ChargeFailed,
+            _ => EventKind::ScheduleMissed,
+        };
+        let mut event = Event::new(format!("{id}-{kind}"), kind, now.wall);
+        event.origin = Some(Origin::Schedule);
+        event.target_soc = Some(target);
+        event.soc = soc;
+        event.started_at = Some(occurrence);
+        event.stop_reason = Some(reason);
+        event.detail = Some(detail.clone());
+        self.emit(event);
         self.occurrence_records.push(SessionRecord {
-            id: format!(
-                "{}-{}",
-                occurrence.strftime("%Y%m%dT%H%M%SZ"),
-                reason.as_str()
-            ),
+            id,
             origin: Origin::Schedule,
             target_soc: target,
             started_at: occurrence,
@@ -857,6 +1037,9 @@ impl EngineCore {
 
     fn on_snapshot(&mut self, snap: Option<Settings>, now: Now) {
         self.snapshot_in_flight = false;
+        if let Some(values) = &snap {
+            self.note_inverter(values.iter().map(|(k, v)| (k.as_str(), *v)), now);
+        }
         let preparing = self
             .session
             .as_ref()
@@ -932,6 +1115,10 @@ impl EngineCore {
             );
         }
         fx.push(Effect::History(record));
+        for event in session_end_events(s, now.wall) {
+            self.emit(event);
+        }
+        let Some(s) = &self.session else { return };
         self.ac_maybe_left_on = s.may_have_left_ac_on();
         if self.ac_maybe_left_on {
             warn!(
@@ -954,7 +1141,12 @@ impl EngineCore {
             self.status.last_message = Some(now.wall);
         }
         match d {
-            DongleInput::Connected(up) => self.status.mqtt_connected = up,
+            DongleInput::Connected(up) => {
+                if !up && self.status.mqtt_connected {
+                    self.broker_down_since = Some(now.mono);
+                }
+                self.status.mqtt_connected = up;
+            }
             DongleInput::Telemetry {
                 mut soc,
                 battery_power_w,
@@ -990,6 +1182,9 @@ impl EngineCore {
             DongleInput::Availability(online) => {
                 if !online {
                     warn!("the dongle reports itself offline");
+                    if self.status.dongle_online != Some(false) {
+                        self.offline_said_since = Some(now.mono);
+                    }
                 }
                 self.status.dongle_online = Some(online);
                 if let Some(s) = &mut self.session {
@@ -1004,6 +1199,10 @@ impl EngineCore {
                 if let Some(code) = firmware_code {
                     self.note_firmware(code);
                 }
+                self.note_inverter(
+                    values.iter().filter_map(|(k, v)| Some((k.as_str(), (*v)?))),
+                    now,
+                );
                 if let Some(s) = &mut self.session {
                     s.on_dongle_message(now);
                     let before = s.stop_reason;
@@ -1021,6 +1220,29 @@ impl EngineCore {
                     s.on_dongle_message(now);
                 }
             }
+        }
+    }
+
+    /// Keeps the AC-charge settings among reported values, for the API.
+    fn note_inverter<'a>(
+        &mut self,
+        values: impl Iterator<Item = (&'a str, SettingValue)>,
+        now: Now,
+    ) {
+        let mut any = false;
+        for (name, value) in values {
+            let wanted = name == AC_CHARGE
+                || name == SOC_LIMIT
+                || name == BAT_CHG_CONTROL
+                || name == self.cfg.params.charge_type_setting
+                || WINDOWS.iter().any(|(a, b)| name == *a || name == *b);
+            if wanted {
+                self.status.inverter.insert(name.to_string(), value);
+                any = true;
+            }
+        }
+        if any {
+            self.status.inverter_read_at = Some(now.wall);
         }
     }
 
@@ -1225,7 +1447,7 @@ impl EngineCore {
             version: FORMAT_VERSION,
             schedule: Some(schedule.clone()),
             session: session.clone(),
-            ac_maybe_left_on: self.ac_maybe_left_on,
+            ..self.state()
         };
         fx.push(Effect::Save {
             state: Box::new(state),
@@ -1377,6 +1599,8 @@ impl EngineCore {
             schedule: self.schedule.clone(),
             session: self.session.clone(),
             ac_maybe_left_on: self.ac_maybe_left_on,
+            events: self.events.clone(),
+            dongle_reported_offline: self.dongle_reported_offline,
         }
     }
 
@@ -1444,6 +1668,8 @@ fn same_durable_state(a: &State, b: &State) -> bool {
     let key = |s: &State| {
         (
             s.ac_maybe_left_on,
+            s.dongle_reported_offline,
+            s.events.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
             s.schedule.clone(),
             s.session.as_ref().map(|x| {
                 (
@@ -1458,7 +1684,7 @@ fn same_durable_state(a: &State, b: &State) -> bool {
                     x.stop_reason,
                     x.extra_writes.clone(),
                     x.inherited.clone(),
-                    x.stop_unconfirmed,
+                    (x.stop_unconfirmed, x.began_charging, x.start_announced),
                 )
             }),
         )
@@ -1468,3 +1694,40 @@ fn same_durable_state(a: &State, b: &State) -> bool {
 
 #[cfg(test)]
 mod tests;
+
+/// What the owner is told when a session ends: how it ended, and whether the inverter's
+/// settings could not all be put back.
+fn session_end_events(s: &Session, now: Timestamp) -> Vec<Event> {
+    let reason = s.stop_reason.unwrap_or(StopReason::Cancelled);
+    let kind = match reason {
+        StopReason::TargetReached => EventKind::ChargeComplete,
+        StopReason::Skipped => EventKind::ChargeSkipped,
+        StopReason::Missed => EventKind::ScheduleMissed,
+        StopReason::ChargeFailed => EventKind::ChargeFailed,
+        _ if !s.began_charging => EventKind::ChargeFailed,
+        _ => EventKind::ChargeStopped,
+    };
+    let base = |kind: EventKind| {
+        let mut e = Event::new(format!("{}-{kind}", s.id), kind, now);
+        e.origin = Some(s.origin);
+        e.target_soc = Some(s.target);
+        e.soc = s.last_soc;
+        e.start_soc = s.start_soc;
+        e.stop_reason = Some(reason);
+        e.started_at = Some(s.started_at);
+        e.energy_wh = s.energy_wh.map(|e| (e * 10.0).round() / 10.0);
+        e
+    };
+    let mut end = base(kind);
+    end.detail = s.detail.clone();
+    let mut events = vec![end];
+    if !s.restore_failures.is_empty() {
+        let mut e = base(EventKind::RestoreFailed);
+        e.detail = Some(format!(
+            "these settings could not be put back as they were before the charge: {}; check them in the inverter's app",
+            s.restore_failures.join(", ")
+        ));
+        events.push(e);
+    }
+    events
+}

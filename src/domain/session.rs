@@ -289,6 +289,12 @@ pub struct Session {
     /// [`Session::may_have_left_ac_on`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stop_unconfirmed: bool,
+    /// The start writes all went through: AC charging was on at some point.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub began_charging: bool,
+    /// The owner has been told the charge began (the event is made once per session).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub start_announced: bool,
 
     #[serde(skip)]
     rt: Runtime,
@@ -351,6 +357,8 @@ impl Session {
             in_flight: None,
             inherited: BTreeMap::new(),
             stop_unconfirmed: false,
+            began_charging: false,
+            start_announced: false,
             rt: Runtime {
                 params: params.clone(),
                 started: Some(now.mono),
@@ -371,6 +379,16 @@ impl Session {
             ..Runtime::default()
         };
         self.in_flight = None;
+        if !self.began_charging
+            && !matches!(self.phase, Phase::Preparing | Phase::Starting)
+            && !self.start_plan.is_empty()
+            && self.start_done == self.start_plan.len()
+        {
+            // Saved by a version that did not record it: a charge this far along has charged,
+            // and the owner was not told then, so no start is announced now.
+            self.began_charging = true;
+            self.start_announced = true;
+        }
         if self.phase == Phase::Charging {
             self.rt.best_soc = self.last_soc.map(|s| (s, now.mono));
         }
@@ -519,6 +537,7 @@ impl Session {
     /// start writes went out may not be reported again.
     fn enter_charging(&mut self, now: Now) {
         self.phase = Phase::Charging;
+        self.began_charging = true;
         self.rt.best_soc = self.last_soc.map(|s| (s, now.mono));
         self.rt.last_message = self.rt.last_message.max(Some(now.mono));
         if let Some(soc) = self.last_soc

@@ -4,6 +4,7 @@
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use crate::domain::event::Event;
 use crate::domain::schedule::Schedule;
 use crate::domain::session::{Origin, Session, StopReason};
 use crate::domain::units::{Soc, TargetSoc};
@@ -19,6 +20,12 @@ pub struct State {
     /// the owner had it off: the next charge puts it back off at its end.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ac_maybe_left_on: bool,
+    /// Events decided and not yet handed to the outbox (saved with the change they describe).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<Event>,
+    /// The owner was told the dongle is offline, and not yet that it is back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dongle_reported_offline: bool,
 }
 
 /// One finished charge, as kept in the history.

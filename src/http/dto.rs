@@ -580,3 +580,173 @@ mod tests {
         assert_eq!(now_stamp(whole, &tz), "2025-12-27T02:30:00.000000");
     }
 }
+
+/// The answer of `POST /api/device/register` and `DELETE /api/device/unregister`: always 200,
+/// `success` says the outcome (as the old backend answered).
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"success": true, "message": "Device registered for push notifications"}))]
+pub struct DeviceResult {
+    pub success: bool,
+    /// `Device registered for push notifications`, `Device unregistered`, `Device token not
+    /// found`, `Invalid device token format`, `Push notifications not enabled`, `Push
+    /// notifications not configured on server` (register) or `Push notifications not
+    /// configured` (unregister).
+    pub message: &'static str,
+}
+
+/// `GET /api/device/status`.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"apns_enabled": true, "registered_devices": 1}))]
+pub struct DeviceStatus {
+    /// Push to the app is set up and on.
+    pub apns_enabled: bool,
+    pub registered_devices: usize,
+}
+
+/// A channel's last delivery attempt.
+#[derive(Serialize, ToSchema)]
+pub struct Delivery {
+    /// When (naive local, microseconds).
+    #[schema(example = "2026-01-03T03:12:10.000001")]
+    pub at: String,
+    #[schema(example = "charge_complete")]
+    pub event: &'static str,
+    pub ok: bool,
+    /// `delivered`, or what went wrong.
+    pub detail: String,
+}
+
+/// One notification channel. Names hold no secrets, tokens or full URLs.
+#[derive(Serialize, ToSchema)]
+pub struct NotificationChannel {
+    /// `apns` (the iPhone app), `ntfy` or `webhook`.
+    #[schema(example = "ntfy")]
+    pub kind: &'static str,
+    #[schema(example = "ntfy (ntfy.sh)")]
+    pub name: String,
+    /// The events it is sent.
+    pub events: Vec<&'static str>,
+    pub last_delivery: Option<Delivery>,
+    /// Messages waiting for it (retried with backoff for up to 6 hours).
+    pub pending: usize,
+}
+
+/// `GET /api/notifications`.
+#[derive(Serialize, ToSchema)]
+pub struct Notifications {
+    pub channels: Vec<NotificationChannel>,
+}
+
+impl Notifications {
+    pub fn of(channels: Vec<crate::notify::ChannelState>, tz: &TimeZone) -> Notifications {
+        Notifications {
+            channels: channels
+                .into_iter()
+                .map(|c| NotificationChannel {
+                    kind: c.kind,
+                    name: c.name,
+                    events: c.events.iter().map(|e| e.as_str()).collect(),
+                    last_delivery: c.last_delivery.map(|d| Delivery {
+                        at: now_stamp(d.at, tz),
+                        event: d.event.as_str(),
+                        ok: d.ok,
+                        detail: d.detail,
+                    }),
+                    pending: c.pending,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One channel's answer to a test message.
+#[derive(Serialize, ToSchema)]
+pub struct TestOutcome {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// `POST /api/notifications/test`.
+#[derive(Serialize, ToSchema)]
+pub struct NotificationTest {
+    pub results: Vec<TestOutcome>,
+}
+
+/// One AC-charge window of the inverter.
+#[derive(Serialize, ToSchema)]
+pub struct TimeWindow {
+    /// 1..3.
+    pub window: u8,
+    #[schema(example = "23:00")]
+    pub start: String,
+    #[schema(example = "23:30")]
+    pub end: String,
+}
+
+/// `GET /api/inverter/status`: the AC-charge settings as last read from the dongle.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"ac_charge_enabled": false, "ac_charge_mode": 2, "ac_charge_mode_name": "Time + SOC",
+    "ac_charge_soc_limit": 100, "time_windows": [{"window": 1, "start": "23:00", "end": "23:30"}],
+    "data_available": true}))]
+pub struct InverterStatus {
+    pub ac_charge_enabled: Option<bool>,
+    /// The charge-type setting's value.
+    pub ac_charge_mode: Option<i64>,
+    /// What that value means for the inverter (`null` when unknown).
+    pub ac_charge_mode_name: Option<&'static str>,
+    pub ac_charge_soc_limit: Option<i64>,
+    /// Windows whose start and end are not both `00:00`.
+    pub time_windows: Vec<TimeWindow>,
+    /// Whether any setting has been read yet.
+    pub data_available: bool,
+}
+
+impl InverterStatus {
+    pub fn of(st: &Status) -> InverterStatus {
+        use crate::domain::session::{AC_CHARGE, BAT_CHG_CONTROL, SOC_LIMIT, WINDOWS};
+        use crate::domain::units::SettingValue;
+        let int = |name: &str| match st.inverter.get(name) {
+            Some(SettingValue::Int(v)) => Some(*v),
+            _ => None,
+        };
+        let time = |name: &str| match st.inverter.get(name) {
+            Some(SettingValue::Time(t)) => Some(*t),
+            _ => None,
+        };
+        let mode = int(&st.charge_type_setting);
+        // The GEN family's table (DONGLE.md): 0 time, 1 SOC/volt, 2 both; SOC or voltage by
+        // `ubBatChgcontrol`. Another setting's values have no known meaning.
+        let by_voltage = int(BAT_CHG_CONTROL) == Some(1);
+        let mode_name = match (st.charge_type_setting.as_str(), mode) {
+            ("ACChargeType", Some(0)) => Some("Time"),
+            ("ACChargeType", Some(1)) if by_voltage => Some("Voltage"),
+            ("ACChargeType", Some(1)) => Some("SOC"),
+            ("ACChargeType", Some(2)) if by_voltage => Some("Time + Voltage"),
+            ("ACChargeType", Some(2)) => Some("Time + SOC"),
+            _ => None,
+        };
+        let time_windows = WINDOWS
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (start, end))| {
+                let (s, e) = (time(start)?, time(end)?);
+                let midnight =
+                    |t: crate::domain::units::LocalTime| t.hour() == 0 && t.minute() == 0;
+                (!(midnight(s) && midnight(e))).then(|| TimeWindow {
+                    window: i as u8 + 1,
+                    start: s.to_string(),
+                    end: e.to_string(),
+                })
+            })
+            .collect();
+        InverterStatus {
+            ac_charge_enabled: int(AC_CHARGE).map(|v| v != 0),
+            ac_charge_mode: mode,
+            ac_charge_mode_name: mode_name,
+            ac_charge_soc_limit: int(SOC_LIMIT),
+            time_windows,
+            data_available: st.inverter_read_at.is_some(),
+        }
+    }
+}

@@ -2,6 +2,7 @@
 //! shapes and the FastAPI-style errors.
 
 pub mod dto;
+pub mod notify;
 pub mod openapi;
 pub mod serve;
 pub mod telemetry;
@@ -46,6 +47,8 @@ pub struct ApiState {
     pub metrics: crate::metrics::Metrics,
     /// The last day of battery readings (`/api/telemetry`).
     pub telemetry: telemetry::Telemetry,
+    /// The app's devices and the notification channels (`/api/device/*`, `/api/notifications`).
+    pub notifier: crate::notify::Notifier,
 }
 
 /// The whole API as a router.
@@ -68,6 +71,18 @@ pub fn router(state: ApiState, cors_origins: &[String], request_timeout: Duratio
             axum::routing::post(charging_disable),
         )
         .route("/api/charging/status", get(charging_status))
+        .route(
+            "/api/device/register",
+            axum::routing::post(notify::register),
+        )
+        .route(
+            "/api/device/unregister",
+            axum::routing::delete(notify::unregister),
+        )
+        .route("/api/device/status", get(notify::device_status))
+        .route("/api/notifications", get(notify::notifications))
+        .route("/api/notifications/test", axum::routing::post(notify::test))
+        .route("/api/inverter/status", get(notify::inverter_status))
         .route("/", get(root))
         .route("/metrics", get(metrics))
         .merge(openapi::routes())

@@ -65,6 +65,12 @@ send it from this page. Without a configured key the API is open.";
         super::charging_disable,
         super::charging_status,
         super::telemetry::telemetry,
+        super::notify::register,
+        super::notify::unregister,
+        super::notify::device_status,
+        super::notify::notifications,
+        super::notify::test,
+        super::notify::inverter_status,
         super::root,
     ),
     components(
@@ -84,6 +90,7 @@ send it from this page. Without a configured key the API is open.";
         (name = "status", description = "Service health and the charge state."),
         (name = "schedule", description = "The one charge schedule."),
         (name = "charging", description = "Charge now, stop now, and the charge state the app shows."),
+        (name = "notifications", description = "Push to the iPhone app, ntfy and webhooks."),
     ),
 )]
 pub struct ApiDoc;

@@ -192,6 +192,72 @@ pub fn parse_disable_request(body: &[u8]) -> Result<DisableRequest, Vec<FieldErr
     }
 }
 
+/// The body of `POST /api/device/register` and `DELETE /api/device/unregister`.
+#[derive(Debug, Clone, PartialEq, ToSchema)]
+#[schema(example = json!({"device_token": "a1b2c3d4", "preferences": {"ac_charging_notifications": true}}))]
+pub struct DeviceRequest {
+    /// The APNs device token the app got from iOS, as hex.
+    #[schema(example = "a1b2c3d4")]
+    pub device_token: String,
+    /// Register only: which notifications the phone wants, each `true` unless set `false`
+    /// (`ac_charging_notifications` governs this service's). Unknown keys are kept.
+    #[schema(value_type = Option<Object>, required = false)]
+    pub preferences: Option<Map<String, Value>>,
+}
+
+/// The device endpoints' body: `device_token` a string (not coerced, as Pydantic's `str`),
+/// `preferences` absent, `null`, or an object of booleans.
+pub fn parse_device_request(body: &[u8]) -> Result<DeviceRequest, Vec<FieldError>> {
+    let body = parse_body(body)?;
+    let mut errors = Vec::new();
+    let token = required(&body, "device_token", check_string, &mut errors);
+    let preferences = match body.get("preferences") {
+        None | Some(Value::Null) => Some(None),
+        Some(Value::Object(m)) => {
+            let mut out = Map::new();
+            for (k, v) in m {
+                match check_enabled(v) {
+                    Ok(b) => {
+                        out.insert(k.clone(), Value::Bool(b));
+                    }
+                    Err((kind, msg, ctx)) => errors.push(error(
+                        kind,
+                        vec!["body".into(), "preferences".into(), k.as_str().into()],
+                        msg,
+                        v,
+                        ctx,
+                    )),
+                }
+            }
+            Some(Some(out))
+        }
+        Some(other) => {
+            errors.push(error(
+                "dict_type",
+                field_loc("preferences"),
+                "Input should be a valid dictionary",
+                other,
+                None,
+            ));
+            None
+        }
+    };
+    match (token, preferences) {
+        (Some(device_token), Some(preferences)) if errors.is_empty() => Ok(DeviceRequest {
+            device_token,
+            preferences,
+        }),
+        _ => Err(errors),
+    }
+}
+
+fn check_string(value: &Value) -> Result<String, Problem> {
+    match value {
+        Value::String(s) => Ok(s.clone()),
+        _ => Err(problem("string_type", "Input should be a valid string")),
+    }
+}
+
 /// A single error for a rule that needs the clock (e.g. start_time in the past), same shape.
 ///
 /// Worded as Pydantic words a `ValueError` raised in a validator: `msg` is prefixed with

@@ -15,13 +15,13 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Mutex, Once};
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::{self, PemObject};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 
 /// Apple's production host, for apps installed from the App Store or TestFlight.
@@ -29,10 +29,6 @@ pub const PRODUCTION_HOST: &str = "https://api.push.apple.com";
 /// Apple's development host, for builds signed with a development profile.
 pub const SANDBOX_HOST: &str = "https://api.sandbox.push.apple.com";
 
-/// How long a TCP + TLS connection to Apple may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long one push may take, connecting included.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// A provider token is reused until it is this old. Apple rejects tokens older than one hour
 /// (`ExpiredProviderToken`), so this leaves ten minutes for clock differences.
 const TOKEN_REUSE: SignedDuration = SignedDuration::from_mins(50);
@@ -335,14 +331,8 @@ impl ApnsClient {
             }
             Err(e) => return Err(format!("APNs endpoint {host}: not a URL: {e}")),
         }
-        let tls = tls_config(settings.ca_file.as_deref())?;
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .http2_prior_knowledge()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            .map_err(|e| format!("APNs HTTP client: {}", error_chain(&e)))?;
+        let http = super::https::client(settings.ca_file.as_deref(), true)
+            .map_err(|e| format!("APNs: {e}"))?;
         Ok(ApnsClient {
             http,
             host,
@@ -455,37 +445,6 @@ impl ApnsClient {
     }
 }
 
-/// The trust for Apple's hosts (and a test or gateway endpoint): the bundled Mozilla roots,
-/// plus the certificates of `ca_file`; ring as the crypto provider; `h2` as the only ALPN
-/// protocol, since Apple answers HTTP/2 alone.
-fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    if let Some(path) = ca_file {
-        let shown = path.display();
-        let certs = CertificateDer::pem_file_iter(path)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("APNs ca_file {shown}: {e}"))?;
-        if certs.is_empty() {
-            return Err(format!("APNs ca_file {shown}: no PEM certificate in it"));
-        }
-        for cert in certs {
-            roots
-                .add(cert)
-                .map_err(|e| format!("APNs ca_file {shown}: {e}"))?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("APNs TLS: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(config)
-}
-
 /// What an answer from Apple means for the caller, from its status, its `apns-id` header, its
 /// body (`{"reason": "..."}`, or anything else) and its `Retry-After`.
 pub fn classify(
@@ -567,26 +526,12 @@ fn token_prefix(device_token: &str) -> String {
 /// then each cause (for TLS, rustls says what was wrong with the certificate).
 fn describe_transport_error(e: reqwest::Error) -> String {
     let timeout = e.is_timeout();
-    let text = error_chain(&e.without_url());
+    let text = super::https::error_chain(&e.without_url());
     if timeout && !text.contains("timed out") {
         format!("timed out: {text}")
     } else {
         text
     }
-}
-
-/// An error and its causes, joined by `: `, skipping a cause already said by the one before.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !parts.last().is_some_and(|last| last.contains(&text)) {
-            parts.push(text);
-        }
-        source = cause.source();
-    }
-    parts.join(": ")
 }
 
 #[cfg(test)]

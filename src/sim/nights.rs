@@ -25,6 +25,7 @@ use crate::config::ChargingConfig;
 use crate::domain::core::{
     Command, CoreConfig, DongleInput, Effect, EngineCore, Input, RequestId, ScheduleInput,
 };
+use crate::domain::event::Event;
 use crate::domain::schedule::{MISSED_GRACE, next_occurrence};
 use crate::domain::session::{
     AC_CHARGE, ChargeParams, Now, Origin, Phase, Sabotage, Session, StopReason, Write, WriteResult,
@@ -212,6 +213,9 @@ struct World {
     /// The last charge that ended (occurrence records aside).
     last_charge: Option<SessionRecord>,
     charge_ids: HashSet<String>,
+    /// The events the outbox accepted (each id once, as the outbox keeps them).
+    outbox_ids: HashSet<String>,
+    outbox: Vec<Event>,
     /// Messages between the broker and its clients, by delivery instant (in order per peer).
     wire: Vec<InFlight>,
     last_at: [Duration; 2],
@@ -395,6 +399,8 @@ impl World {
             disk: None,
             last_charge: None,
             charge_ids: HashSet::new(),
+            outbox_ids: HashSet::new(),
+            outbox: Vec::new(),
             wire: Vec::new(),
             last_at: [Duration::ZERO; 2],
             retained: BTreeMap::new(),
@@ -1133,6 +1139,23 @@ impl World {
                         self.ac_lost = true;
                     }
                     self.last_charge = Some(r);
+                }
+            }
+            Effect::Notify(events) => {
+                let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+                for e in events {
+                    if self.outbox_ids.insert(e.id.clone()) {
+                        self.outbox.push(e);
+                    }
+                }
+                if let Some(core) = self.core.as_mut() {
+                    return core.handle(
+                        Input::Notified {
+                            ids,
+                            result: Ok(()),
+                        },
+                        now,
+                    );
                 }
             }
             Effect::Reply(..) => {}

@@ -2,6 +2,7 @@
 
 use super::*;
 
+use crate::domain::event::{Event, EventKind};
 use crate::domain::session::SOC_LIMIT;
 
 const SEC: Duration = Duration::from_secs(1);
@@ -52,6 +53,14 @@ struct Rig {
     /// The answer every ticketed save gets.
     save_result: Result<(), String>,
     next_id: u64,
+    /// Every event the outbox took, in order (each id once, as the outbox keeps them).
+    events: Vec<Event>,
+    /// The answer the outbox gives.
+    notify_result: Result<(), String>,
+    /// The state of the last save, and whether a Notify came before any save holding its
+    /// events (which would lose them in a crash).
+    last_saved: Option<State>,
+    notified_unsaved: bool,
 }
 
 impl Rig {
@@ -76,6 +85,10 @@ impl Rig {
             replies: Vec::new(),
             save_result: Ok(()),
             next_id: 0,
+            events: Vec::new(),
+            notify_result: Ok(()),
+            last_saved: None,
+            notified_unsaved: false,
         };
         rig.feed(Input::Boot { connected: true });
         rig
@@ -96,8 +109,9 @@ impl Rig {
                 Effect::Write(w) => self.writes.push(w),
                 Effect::Snapshot { fresh, .. } => self.snapshots.push(fresh),
                 Effect::Refresh => {}
-                Effect::Save { ticket, .. } => {
+                Effect::Save { ticket, state } => {
                     self.saves += 1;
+                    self.last_saved = Some(*state);
                     if let Some(ticket) = ticket {
                         let more = self.core.handle(
                             Input::SaveDone {
@@ -112,6 +126,30 @@ impl Rig {
                     }
                 }
                 Effect::History(r) => self.history.push(r),
+                Effect::Notify(events) => {
+                    let saved = self.last_saved.as_ref().map(|s| &s.events);
+                    if events.iter().any(|e| saved.is_none_or(|s| !s.contains(e))) {
+                        self.notified_unsaved = true;
+                    }
+                    let ids = events.iter().map(|e| e.id.clone()).collect();
+                    if self.notify_result.is_ok() {
+                        for e in events {
+                            if !self.events.iter().any(|x| x.id == e.id) {
+                                self.events.push(e);
+                            }
+                        }
+                    }
+                    let more = self.core.handle(
+                        Input::Notified {
+                            ids,
+                            result: self.notify_result.clone(),
+                        },
+                        self.now,
+                    );
+                    for m in more.into_iter().rev() {
+                        queue.push_front(m);
+                    }
+                }
                 Effect::Reply(id, r) => self.replies.push((id, *r)),
             }
         }
@@ -287,7 +325,7 @@ fn a_restart_resumes_a_charge_without_writing_again_and_stops_at_the_target() {
         version: FORMAT_VERSION,
         schedule: rig.core.schedule().cloned(),
         session: rig.core.session().cloned(),
-        ac_maybe_left_on: false,
+        ..State::default()
     };
 
     let mut after = Rig::new(state);
@@ -540,5 +578,185 @@ fn a_nightly_occurrence_that_fires_during_a_charge_now_raises_it_to_the_schedule
         rig.core.schedule().unwrap().next_run,
         Some(local("2026-01-16T01:30")),
         "tonight's occurrence is consumed"
+    );
+}
+
+// ---- events: what the owner is told ------------------------------------------------------
+
+fn kinds(rig: &Rig) -> Vec<EventKind> {
+    rig.events.iter().map(|e| e.kind).collect()
+}
+
+#[test]
+fn a_charge_tells_its_start_once_and_its_end_once_each_saved_before_it_is_handed_over() {
+    let mut rig = Rig::with_soc(40);
+    rig.command(Command::ChargeNow(target(45)));
+    rig.answer_snapshot();
+    rig.confirm_writes();
+    assert_eq!(kinds(&rig), [EventKind::ChargeStarted]);
+    let started = &rig.events[0];
+    assert_eq!(started.soc.map(Soc::get), Some(40));
+    assert_eq!(started.target_soc, Some(target(45)));
+    rig.telemetry(44);
+    rig.telemetry(45);
+    rig.confirm_writes();
+    assert_eq!(
+        kinds(&rig),
+        [EventKind::ChargeStarted, EventKind::ChargeComplete]
+    );
+    let sid = &rig.history[0].id;
+    assert_eq!(rig.events[1].id, format!("{sid}-charge_complete"));
+    assert_eq!(rig.events[1].soc.map(Soc::get), Some(45));
+    assert!(
+        !rig.notified_unsaved,
+        "every event is on disk before the outbox gets it"
+    );
+    assert!(
+        rig.last_saved.as_ref().unwrap().events.is_empty(),
+        "handed over, then dropped from the state file"
+    );
+}
+
+#[test]
+fn events_still_unhanded_at_a_crash_are_handed_over_at_the_next_start() {
+    let mut rig = Rig::with_soc(40);
+    rig.notify_result = Err("disk full".into());
+    rig.command(Command::ChargeNow(target(45)));
+    rig.answer_snapshot();
+    rig.confirm_writes();
+    assert!(rig.events.is_empty(), "the outbox refused it");
+    let saved = rig.last_saved.clone().unwrap();
+    assert_eq!(saved.events.len(), 1, "kept in the state file");
+
+    let after = Rig::new(saved);
+    assert_eq!(kinds(&after), [EventKind::ChargeStarted]);
+    assert!(after.last_saved.as_ref().unwrap().events.is_empty());
+}
+
+#[test]
+fn a_restart_in_the_middle_of_a_charge_announces_nothing_again() {
+    let mut rig = Rig::with_soc(40);
+    rig.command(Command::ChargeNow(target(45)));
+    rig.answer_snapshot();
+    rig.confirm_writes();
+    let mut after = Rig::new(rig.last_saved.clone().unwrap());
+    assert!(
+        after.events.is_empty(),
+        "the start was told before the restart"
+    );
+    after.telemetry(45);
+    after.confirm_writes();
+    assert_eq!(kinds(&after), [EventKind::ChargeComplete]);
+}
+
+#[test]
+fn a_start_that_never_switched_ac_charging_on_is_a_failure_not_a_stop() {
+    let mut rig = Rig::with_soc(40);
+    rig.command(Command::ChargeNow(target(80)));
+    rig.answer_snapshot();
+    // Every start write fails for good: the session gives up and restores.
+    for _ in 0..20 {
+        if rig.writes.is_empty() {
+            break;
+        }
+        rig.writes.remove(0);
+        rig.feed(Input::WriteDone(WriteResult::Rejected("refused".into())));
+        rig.advance(MIN);
+    }
+    rig.confirm_writes();
+    assert!(rig.core.session().is_none());
+    assert_eq!(kinds(&rig), [EventKind::ChargeFailed]);
+    assert!(rig.events[0].detail.is_some());
+}
+
+#[test]
+fn a_cancelled_charge_is_told_as_stopped_with_the_reason() {
+    let mut rig = Rig::with_soc(40);
+    rig.command(Command::ChargeNow(target(80)));
+    rig.answer_snapshot();
+    rig.confirm_writes();
+    rig.command(Command::StopCharge);
+    rig.confirm_writes();
+    assert_eq!(
+        kinds(&rig),
+        [EventKind::ChargeStarted, EventKind::ChargeStopped]
+    );
+    assert_eq!(rig.events[1].stop_reason, Some(StopReason::Cancelled));
+}
+
+#[test]
+fn a_scheduled_charge_that_could_not_start_is_told_once() {
+    let mut rig = Rig::with_soc(40);
+    rig.schedule(ScheduleInput {
+        mode: Mode::Recurring,
+        ..once_at("01:30", 80)
+    });
+    rig.advance_quiet(30 * MIN);
+    rig.advance_quiet(11 * MIN);
+    let failed: Vec<_> = rig
+        .events
+        .iter()
+        .filter(|e| e.kind == EventKind::ChargeFailed)
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert!(
+        failed[0]
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("nothing has been heard")
+    );
+    assert_eq!(failed[0].id, format!("{}-charge_failed", rig.history[0].id));
+}
+
+#[test]
+fn a_scheduled_charge_already_at_the_target_is_told_as_skipped() {
+    let mut rig = Rig::with_soc(85);
+    rig.schedule(once_at("01:30", 80));
+    rig.advance(30 * MIN);
+    assert_eq!(kinds(&rig), [EventKind::ChargeSkipped]);
+    assert_eq!(rig.events[0].soc.map(Soc::get), Some(85));
+}
+
+#[test]
+fn a_silent_dongle_is_told_once_after_the_stale_limit_and_a_minute_and_again_when_back() {
+    let mut rig = Rig::with_soc(50);
+    let stale = ChargeParams::default().stale_after;
+    rig.advance_quiet(stale);
+    rig.advance_quiet(DONGLE_OFFLINE_DEBOUNCE - SEC);
+    assert!(rig.events.is_empty(), "a blip is not news");
+    rig.advance_quiet(SEC);
+    assert_eq!(kinds(&rig), [EventKind::DongleOffline]);
+    rig.advance_quiet(30 * MIN);
+    assert_eq!(rig.events.len(), 1, "told once");
+
+    // A restart while it is still silent tells nothing new.
+    let mut after = Rig::new(rig.last_saved.clone().unwrap());
+    after.advance_quiet(30 * MIN);
+    assert!(after.events.is_empty());
+    after.telemetry(50);
+    assert_eq!(kinds(&after), [EventKind::DongleOnline]);
+}
+
+#[test]
+fn the_engine_wakes_in_time_to_tell_of_a_silent_dongle() {
+    let rig = Rig::with_soc(50);
+    let stale = ChargeParams::default().stale_after;
+    let wake = rig.core.next_wake(rig.now);
+    assert!(wake <= stale + DONGLE_OFFLINE_DEBOUNCE, "{wake:?}");
+}
+
+#[test]
+fn a_lost_broker_is_told_as_the_dongle_unreachable() {
+    let mut rig = Rig::with_soc(50);
+    rig.feed(Input::Dongle(DongleInput::Connected(false)));
+    rig.advance_quiet(DONGLE_OFFLINE_DEBOUNCE);
+    assert_eq!(kinds(&rig), [EventKind::DongleOffline]);
+    assert!(rig.events[0].detail.as_deref().unwrap().contains("broker"));
+    rig.feed(Input::Dongle(DongleInput::Connected(true)));
+    rig.telemetry(50);
+    assert_eq!(
+        kinds(&rig),
+        [EventKind::DongleOffline, EventKind::DongleOnline]
     );
 }

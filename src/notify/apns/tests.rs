@@ -512,7 +512,7 @@ fn a_transport_error_reads_as_one_line_of_causes() {
         "invalid peer certificate: UnknownIssuer",
     ));
     assert_eq!(
-        error_chain(&e),
+        crate::notify::https::error_chain(&e),
         "client error (Connect): invalid peer certificate: UnknownIssuer"
     );
 }
