@@ -309,6 +309,29 @@ pub async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Why push to the app, switched on, cannot work: the key file (readable, a P-256 PKCS#8
+/// key) and the CA file. The service itself only logs these and starts without push.
+fn push_problems(c: &config::Config) -> Vec<String> {
+    let Some(a) = c.apns.as_ref().filter(|a| a.enabled) else {
+        return Vec::new();
+    };
+    if let Some(why) = a.unusable() {
+        return vec![format!("apns: push notifications stay off: {why}")];
+    }
+    let mut out = Vec::new();
+    if let Some(key) = &a.key_path
+        && let Err(why) = crate::notify::apns::check_key(key)
+    {
+        out.push(format!("apns.key_path: {why}"));
+    }
+    if let Some(ca) = &a.ca_file
+        && let Err(why) = crate::notify::https::client(Some(ca), true)
+    {
+        out.push(format!("apns.ca_file: {why}"));
+    }
+    out
+}
+
 /// `check-config`: every problem with its key path, exit 1 if any; warnings (unknown keys,
 /// the example's placeholders) leave it valid.
 pub fn check_config(path: &Path) -> ExitCode {
@@ -344,14 +367,40 @@ pub fn check_config(path: &Path) -> ExitCode {
                 c.timezone_name,
                 c.charging.safety_cutoff.as_secs_f64() / 3600.0
             );
+            let mut integrations = Vec::new();
             let ha = &c.home_assistant;
             if ha.enabled {
-                println!(
-                    "integrations: home assistant (discovery prefix {}, node {})",
+                integrations.push(format!(
+                    "home assistant (discovery prefix {}, node {})",
                     ha.discovery_prefix, ha.node_id
-                );
-            } else {
+                ));
+            }
+            let push_problems = push_problems(c);
+            if let Some(a) = c.apns.as_ref().filter(|a| a.enabled && push_problems.is_empty()) {
+                let host = a.endpoint.as_deref().unwrap_or(if a.use_sandbox {
+                    crate::notify::apns::SANDBOX_HOST
+                } else {
+                    crate::notify::apns::PRODUCTION_HOST
+                });
+                integrations.push(format!("iPhone app push (via {host})"));
+            }
+            let n = &c.notifications;
+            if n.ntfy.is_some() {
+                integrations.push("ntfy".into());
+            }
+            if !n.webhooks.is_empty() {
+                integrations.push(format!("{} webhook(s)", n.webhooks.len()));
+            }
+            if integrations.is_empty() {
                 println!("integrations: none");
+            } else {
+                println!("integrations: {}", integrations.join(", "));
+            }
+            if !push_problems.is_empty() {
+                for p in &push_problems {
+                    eprintln!("error: {p}");
+                }
+                return ExitCode::FAILURE;
             }
             ExitCode::SUCCESS
         }

@@ -1084,6 +1084,11 @@ impl EngineCore {
 
     fn on_write_result(&mut self, result: WriteResult, now: Now) {
         self.write_in_flight = false;
+        if result == WriteResult::Confirmed
+            && let Some(w) = self.session.as_ref().and_then(|s| s.in_flight.clone())
+        {
+            self.note_inverter(std::iter::once((w.setting.as_str(), w.value)), now);
+        }
         let Some(s) = &mut self.session else { return };
         let before = s.phase;
         let was_charging = s.is_charging();

@@ -12,6 +12,16 @@ use rustls_pki_types::pem::PemObject as _;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Makes ring the process's rustls provider (once; a provider already installed stays).
+/// reqwest clients built without a preconfigured TLS setup need one (the service's own all
+/// take theirs from [`client`]; this serves any other).
+pub fn install_default_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// A client for outbound calls. `h2_only`: speak HTTP/2 only (APNs refuses HTTP/1.1).
 pub fn client(ca_file: Option<&Path>, h2_only: bool) -> Result<reqwest::Client, String> {
     let mut roots = rustls::RootCertStore::empty();

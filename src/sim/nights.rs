@@ -25,7 +25,7 @@ use crate::config::ChargingConfig;
 use crate::domain::core::{
     Command, CoreConfig, DongleInput, Effect, EngineCore, Input, RequestId, ScheduleInput,
 };
-use crate::domain::event::Event;
+use crate::domain::event::{Event, EventKind};
 use crate::domain::schedule::{MISSED_GRACE, next_occurrence};
 use crate::domain::session::{
     AC_CHARGE, ChargeParams, Now, Origin, Phase, Sabotage, Session, StopReason, Write, WriteResult,
@@ -216,6 +216,8 @@ struct World {
     /// The events the outbox accepted (each id once, as the outbox keeps them).
     outbox_ids: HashSet<String>,
     outbox: Vec<Event>,
+    /// The ids of every occurrence record (missed, skipped, could not start).
+    occurrence_ids: Vec<String>,
     /// Messages between the broker and its clients, by delivery instant (in order per peer).
     wire: Vec<InFlight>,
     last_at: [Duration; 2],
@@ -401,6 +403,7 @@ impl World {
             charge_ids: HashSet::new(),
             outbox_ids: HashSet::new(),
             outbox: Vec::new(),
+            occurrence_ids: Vec::new(),
             wire: Vec::new(),
             last_at: [Duration::ZERO; 2],
             retained: BTreeMap::new(),
@@ -595,7 +598,8 @@ impl World {
                 let v = self
                     .pending_violation
                     .take()
-                    .or_else(|| self.judge_occurrences());
+                    .or_else(|| self.judge_occurrences())
+                    .or_else(|| self.judge_events());
                 if let Some(v) = &v {
                     self.log(|| format!("VIOLATION {}: {}", v.invariant, v.detail));
                 }
@@ -1126,6 +1130,7 @@ impl World {
                     r.stop_reason,
                     Some(StopReason::Missed | StopReason::Skipped | StopReason::ChargeFailed)
                 ) {
+                    self.occurrence_ids.push(r.id.clone());
                     self.new_records.push(r);
                 } else {
                     self.charges += 1;
@@ -1299,6 +1304,43 @@ impl World {
 
     /// Every occurrence of a recurring schedule the running service lived past has exactly
     /// one outcome: a charge, a skip or a recorded miss.
+    /// The owner is told of every charge and every occurrence record exactly once: each has
+    /// one event that ends it, in the outbox or still in the state file to be handed over at
+    /// the next start; none is told twice under different ids.
+    fn judge_events(&self) -> Option<Violation> {
+        let on_disk: Vec<Event> = self
+            .disk
+            .as_deref()
+            .and_then(|b| decode_state(b).ok())
+            .map(|s| s.events)
+            .unwrap_or_default();
+        let told: Vec<&Event> = self.outbox.iter().chain(on_disk.iter()).collect();
+        let ends = [
+            EventKind::ChargeComplete,
+            EventKind::ChargeStopped,
+            EventKind::ChargeFailed,
+            EventKind::ChargeSkipped,
+            EventKind::ScheduleMissed,
+        ];
+        let mut ids: Vec<&String> = self.charge_ids.iter().collect();
+        ids.sort();
+        for id in ids.into_iter().chain(self.occurrence_ids.iter()) {
+            let mut kinds: Vec<EventKind> = told
+                .iter()
+                .filter(|e| ends.contains(&e.kind) && e.id.strip_suffix(e.kind.as_str()) == Some(&format!("{id}-")))
+                .map(|e| e.kind)
+                .collect();
+            kinds.dedup();
+            if kinds.len() != 1 {
+                return Some(Violation {
+                    invariant: "each-outcome-told-once",
+                    detail: format!("{id} ended with the events {kinds:?}"),
+                });
+            }
+        }
+        None
+    }
+
     fn judge_occurrences(&self) -> Option<Violation> {
         let settle = SignedDuration::try_from(MISSED_GRACE + SEC).expect("grace");
         for (idx, inst) in self.instances.iter().enumerate() {

@@ -1440,7 +1440,7 @@ async fn enable_answers_200_with_success_false_when_the_broker_is_unreachable() 
         .await
         .expect("the service starts without its broker");
     let base = format!("http://{}", app.addr);
-    let http = reqwest::Client::new();
+    let http = crate::harness::http_client();
 
     let health = call(&http, &base, Method::GET, "/api/health", &[], None)
         .await
@@ -1677,7 +1677,7 @@ async fn two_hundred_concurrent_clients_during_a_charge_all_get_200_and_the_last
     for i in 0..200u32 {
         let base = w.base.clone();
         clients.spawn(async move {
-            let http = reqwest::Client::new();
+            let http = crate::harness::http_client();
             let target = 70 + i % 30;
             let start_time = format!("{:02}:{:02}", 3 + i / 60, i % 60);
             let mut codes = Vec::new();

@@ -71,7 +71,7 @@ async fn run_to_the_end(
 /// Charges now, moving the clock while the answer is pending: the demo spaces its writes a
 /// second apart, and the answer comes once AC charging is on.
 async fn charge_now(demo: &Demo, clock: &ManualClock, target: u8) {
-    let request = reqwest::Client::new()
+    let request = crate::harness::http_client()
         .post(format!("http://{}/api/charging/enable", demo.app.addr))
         .json(&json!({"target_soc": target}))
         .send();
@@ -167,7 +167,7 @@ async fn the_demo_charges_to_the_target_and_stops_through_the_api() {
     .expect("the demo's dongle reports")
     .unwrap();
 
-    let r: serde_json::Value = reqwest::Client::new()
+    let r: serde_json::Value = crate::harness::http_client()
         .post(format!("{base}/api/charging/enable"))
         .json(&json!({"target_soc": 55}))
         .send()

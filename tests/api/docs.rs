@@ -16,8 +16,14 @@ const MIN: Duration = Duration::from_secs(60);
 const KEY: &str = "s3cret-key";
 
 /// Every operation of the contract, as (path, method).
-const CONTRACT: [(&str, &str); 11] = [
+const CONTRACT: [(&str, &str); 17] = [
     ("/api/health", "get"),
+    ("/api/device/register", "post"),
+    ("/api/device/unregister", "delete"),
+    ("/api/device/status", "get"),
+    ("/api/notifications", "get"),
+    ("/api/notifications/test", "post"),
+    ("/api/inverter/status", "get"),
     ("/api/charge/schedule", "get"),
     ("/api/charge/schedule", "post"),
     ("/api/charge/schedule", "delete"),

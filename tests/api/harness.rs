@@ -50,6 +50,8 @@ pub struct Setup {
     pub broker: BrokerKind,
     /// YAML of a `home_assistant:` section's keys (e.g. `enabled: true`); none when empty.
     pub home_assistant: String,
+    /// Whole top-level sections appended to the file (e.g. `apns:` and `notifications:`).
+    pub sections: String,
 }
 
 /// The MQTT broker a world runs against.
@@ -78,6 +80,7 @@ impl Default for Setup {
             mqtt: String::new(),
             broker: BrokerKind::Embedded,
             home_assistant: String::new(),
+            sections: String::new(),
         }
     }
 }
@@ -97,6 +100,12 @@ pub struct World {
     pub config: Config,
     pub http: reqwest::Client,
     pub base: String,
+}
+
+/// A plain HTTP client for tests (reqwest needs the process's TLS provider installed).
+pub fn http_client() -> reqwest::Client {
+    solar_charging_backend::notify::https::install_default_provider();
+    reqwest::Client::new()
 }
 
 pub fn tz() -> TimeZone {
@@ -121,6 +130,7 @@ impl World {
         sim: SimHandle,
         config: Config,
     ) -> World {
+        solar_charging_backend::notify::https::install_default_provider();
         World {
             broker,
             mosquitto,
@@ -172,6 +182,7 @@ impl World {
         if !setup.home_assistant.is_empty() {
             yaml.push_str(&format!("home_assistant: {{{}}}\n", setup.home_assistant));
         }
+        yaml.push_str(&setup.sections);
         let config = config::parse(&yaml, &EnvOverrides::default())
             .unwrap_or_else(|p| panic!("test config: {p:?}"))
             .config;

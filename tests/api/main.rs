@@ -3,6 +3,7 @@
 
 mod apns_stand_in;
 mod harness;
+mod hooks_stand_in;
 
 mod apns;
 mod charging;
@@ -14,6 +15,7 @@ mod docs;
 mod edge;
 mod guards;
 mod home_assistant;
+mod notify;
 mod owner;
 mod process;
 mod resilience;

@@ -36,8 +36,8 @@ fn check_config_accepts_the_old_file_and_lists_every_problem_of_a_bad_one() {
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("is valid"), "{stdout}");
     assert!(
-        stdout.contains("warning: apns"),
-        "unknown sections are warned about: {stdout}"
+        !stdout.contains("warning: apns"),
+        "the old push section, switched off, is read without a warning: {stdout}"
     );
     assert!(
         !stdout.contains("pw"),
@@ -60,6 +60,62 @@ fn check_config_accepts_the_old_file_and_lists_every_problem_of_a_bad_one() {
     ] {
         assert!(stderr.contains(path), "{path} is named: {stderr}");
     }
+}
+
+#[test]
+fn check_config_checks_the_push_key_and_the_notification_channels() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = "mqtt: {host: 192.168.1.100, dongle_prefix: dongle-XX}\n";
+    let check = |text: String| {
+        let path = write_config(dir.path(), &text);
+        let out = Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .env_remove("SERVER_PORT")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let apns = |key: &std::path::Path| {
+        format!(
+            "apns: {{enabled: true, key_path: {:?}, key_id: ABCDEFGHIJ, team_id: ABCDEFGHIJ, bundle_id: com.generouscorp.Solar}}\n",
+            key
+        )
+    };
+
+    let garbage = dir.path().join("AuthKey_BAD.p8");
+    std::fs::write(&garbage, "not a key").unwrap();
+    let (ok, _, stderr) = check(format!("{base}{}", apns(&garbage)));
+    assert!(!ok, "a key file that is not a key fails the check");
+    assert!(stderr.contains("apns.key_path"), "{stderr}");
+
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let good = dir.path().join("AuthKey_GOOD.p8");
+    std::fs::write(&good, key.serialize_pem()).unwrap();
+    let (ok, stdout, stderr) = check(format!(
+        "{base}{}notifications: {{ntfy: {{url: 'https://ntfy.sh/my-battery'}}, webhooks: [{{url: 'http://ha.local/hook'}}]}}\n",
+        apns(&good)
+    ));
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("iPhone app push (via https://api.push.apple.com)")
+            && stdout.contains("ntfy")
+            && stdout.contains("1 webhook(s)"),
+        "{stdout}"
+    );
+
+    let (ok, _, stderr) = check(format!(
+        "{base}notifications: {{webhooks: [{{url: 'http://ha.local/hook', events: [charge_done]}}]}}\n"
+    ));
+    assert!(!ok);
+    assert!(
+        stderr.contains("notifications.webhooks[0].events") && stderr.contains("charge_complete"),
+        "{stderr}"
+    );
 }
 
 #[test]
