@@ -1,6 +1,7 @@
 //! The pure core: no IO, no tokio, no clock reads. Every function that needs the time takes it.
 
 pub mod core;
+pub mod plan;
 pub mod schedule;
 pub mod session;
 pub mod soc_filter;
