@@ -8,7 +8,8 @@
 //!   currency units per kWh, plus the next page's URL where the source paginates (Octopus).
 //!
 //! [`fetch`] is the thin async loop around them: every URL, every page, then the slots sorted,
-//! without duplicates, cut to the window.
+//! without duplicates, cut to the window. [`cache`] keeps the last fetch on disk and says when
+//! to fetch again.
 //!
 //! Failures a caller must tell apart ([`PriceError`]): prices not published yet (Nord Pool's
 //! 204, an empty list), an answer that is not what the source sends (an HTML error page with
@@ -23,6 +24,7 @@
 //! [`TariffConfig::source`] checks it and builds the source.
 
 pub mod awattar;
+pub mod cache;
 pub mod elering;
 pub mod energy_charts;
 pub mod fixed;
