@@ -13,6 +13,7 @@ mod edge;
 mod guards;
 mod home_assistant;
 mod owner;
+mod prices;
 mod process;
 mod resilience;
 mod sessions;
