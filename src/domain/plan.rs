@@ -47,7 +47,8 @@
 //!   fixed start that still finishes with the margin instead.
 //! * **Re-planning.** Nothing here is stateful: to re-plan, call [`plan`] again with the current
 //!   time and SOC. The engine does so when [`Plan::behind`] says the SOC trails the expected
-//!   curve by more than [`BEHIND_TOLERANCE`] points, passing the rate the charge actually shows
+//!   curve by more than [`BEHIND_TOLERANCE`] points (allowing the reading [`BEHIND_LAG`] of
+//!   delay), passing the rate the charge actually shows
 //!   (e.g. [`learned_charge_kw`] over the current session so far) so the new plan does not
 //!   fall behind again; the new plan then has its own margin from that moment. When a plan
 //!   becomes infeasible this way, the engine should charge continuously, as the plan then says.
@@ -67,8 +68,12 @@ pub const MARGIN_FRACTION: f64 = 0.10;
 /// The least margin added to a charge.
 pub const MIN_MARGIN: SignedDuration = SignedDuration::from_mins(10);
 /// How many SOC points a reading may trail the expected curve before [`Plan::behind`] says so:
-/// readings are whole percent and come late.
+/// readings are whole percent.
 pub const BEHIND_TOLERANCE: f64 = 3.0;
+/// How far behind in time a reading is compared with the curve: SOC reports come late and the
+/// charger takes a while to ramp up after each switch-on. Shorter than [`MIN_MARGIN`], so a
+/// charge that will miss its target is still noticed before the deadline.
+pub const BEHIND_LAG: SignedDuration = SignedDuration::from_mins(5);
 /// How many recent usable charges [`learned_rate`] takes the median of.
 pub const LEARN_FROM_LAST: usize = 5;
 /// A past charge shorter than this says little about the rate.
@@ -374,10 +379,12 @@ impl Plan {
         points.last().map_or(first_soc, |&(_, s)| s)
     }
 
-    /// Whether `soc` at `now` trails the expected curve by more than [`BEHIND_TOLERANCE`]
-    /// points: the charge is slower than planned, and it is time to re-plan.
+    /// Whether `soc` at `now` trails the expected curve, as it stood [`BEHIND_LAG`] earlier, by
+    /// more than [`BEHIND_TOLERANCE`] points: the charge is slower than planned, and it is time
+    /// to re-plan.
     pub fn behind(&self, now: Timestamp, soc: f64) -> bool {
-        soc + BEHIND_TOLERANCE < self.expected_soc_at(now)
+        let then = now.checked_sub(BEHIND_LAG).unwrap_or(now);
+        soc + BEHIND_TOLERANCE < self.expected_soc_at(then)
     }
 }
 
