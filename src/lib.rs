@@ -38,3 +38,4 @@ pub mod run;
 pub mod sim;
 pub mod store;
 pub mod systemd;
+pub mod tariff;

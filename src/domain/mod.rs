@@ -2,6 +2,7 @@
 
 pub mod core;
 pub mod event;
+pub mod plan;
 pub mod schedule;
 pub mod session;
 pub mod soc_filter;

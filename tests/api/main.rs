@@ -17,6 +17,7 @@ mod guards;
 mod home_assistant;
 mod notify;
 mod owner;
+mod prices;
 mod process;
 mod resilience;
 mod sessions;
