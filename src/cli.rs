@@ -137,6 +137,12 @@ pub struct DemoArgs {
     /// Make the simulated dongle misbehave, to see how the service copes.
     #[arg(long, value_enum, default_value_t = FaultArg::None)]
     pub fault: FaultArg,
+    /// Send the demo's notifications to this ntfy topic URL too (e.g. https://ntfy.sh/TOPIC).
+    #[arg(long, value_name = "URL")]
+    pub ntfy: Option<String>,
+    /// Send the demo's notifications to this webhook too (repeatable).
+    #[arg(long, value_name = "URL")]
+    pub webhook: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]

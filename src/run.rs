@@ -135,15 +135,32 @@ pub async fn start_demo_with_clock(args: &DemoArgs, clock: Clock) -> anyhow::Res
     let broker =
         sim::broker::start_embedded_broker(0).context("the embedded MQTT broker did not start")?;
     let timeouts = DemoTimeouts::for_speed(args.speed);
-    let yaml = format!(
+    let mut yaml = format!(
         "mqtt: {{host: 127.0.0.1, port: {}, dongle_prefix: \"{DEMO_PREFIX}\", client_id: solar-demo}}\nserver: {{host: \"{}\", port: {}}}\ncharging: {}\n",
         broker.port,
         args.host,
         args.port,
         timeouts.yaml()
     );
+    if args.ntfy.is_some() || !args.webhook.is_empty() {
+        // JSON strings are YAML strings: the URLs need no escaping of their own.
+        let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
+        yaml.push_str("notifications:\n");
+        if let Some(url) = &args.ntfy {
+            yaml.push_str(&format!("  ntfy: {{url: {}}}\n", quote(url)));
+        }
+        if !args.webhook.is_empty() {
+            yaml.push_str("  webhooks:\n");
+            for url in &args.webhook {
+                yaml.push_str(&format!("    - {{url: {}}}\n", quote(url)));
+            }
+        }
+    }
     let config = config::parse(&yaml, &EnvOverrides::default())
-        .map_err(|p| anyhow::anyhow!("demo config: {p:?}"))?
+        .map_err(|p| {
+            let all: Vec<String> = p.iter().map(ToString::to_string).collect();
+            anyhow::anyhow!("the demo cannot start: {}", all.join("; "))
+        })?
         .config;
     let c = &config.charging;
     info!(
@@ -376,7 +393,11 @@ pub fn check_config(path: &Path) -> ExitCode {
                 ));
             }
             let push_problems = push_problems(c);
-            if let Some(a) = c.apns.as_ref().filter(|a| a.enabled && push_problems.is_empty()) {
+            if let Some(a) = c
+                .apns
+                .as_ref()
+                .filter(|a| a.enabled && push_problems.is_empty())
+            {
                 let host = a.endpoint.as_deref().unwrap_or(if a.use_sandbox {
                     crate::notify::apns::SANDBOX_HOST
                 } else {

@@ -1121,6 +1121,11 @@ impl EngineCore {
         }
         fx.push(Effect::History(record));
         for event in session_end_events(s, now.wall) {
+            if self.cfg.params.sabotage == Sabotage::SilentFailure
+                && event.kind != EventKind::ChargeComplete
+            {
+                continue;
+            }
             self.emit(event);
         }
         let Some(s) = &self.session else { return };

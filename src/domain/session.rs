@@ -77,14 +77,17 @@ pub enum Sabotage {
     DoubleFire,
     /// A silent dongle never stops a charge.
     IgnoreStale,
+    /// A charge that ends short of its target is not told to the owner.
+    SilentFailure,
 }
 
 impl Sabotage {
-    pub const ALL: [Sabotage; 4] = [
+    pub const ALL: [Sabotage; 5] = [
         Sabotage::IgnoreCutoff,
         Sabotage::SkipRestore,
         Sabotage::DoubleFire,
         Sabotage::IgnoreStale,
+        Sabotage::SilentFailure,
     ];
 
     pub fn name(self) -> &'static str {
@@ -94,6 +97,7 @@ impl Sabotage {
             Sabotage::SkipRestore => "skip-restore",
             Sabotage::DoubleFire => "double-fire",
             Sabotage::IgnoreStale => "ignore-stale",
+            Sabotage::SilentFailure => "silent-failure",
         }
     }
 

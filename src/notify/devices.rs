@@ -51,7 +51,7 @@ pub struct Devices {
 /// A token as the old backend accepted it: non-empty hex (whole bytes). Returned lower-case.
 pub fn parse_token(token: &str) -> Option<String> {
     let t = token.trim();
-    (!t.is_empty() && t.len() % 2 == 0 && t.chars().all(|c| c.is_ascii_hexdigit()))
+    (!t.is_empty() && t.len().is_multiple_of(2) && t.chars().all(|c| c.is_ascii_hexdigit()))
         .then(|| t.to_ascii_lowercase())
 }
 

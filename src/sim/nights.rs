@@ -1327,7 +1327,10 @@ impl World {
         for id in ids.into_iter().chain(self.occurrence_ids.iter()) {
             let mut kinds: Vec<EventKind> = told
                 .iter()
-                .filter(|e| ends.contains(&e.kind) && e.id.strip_suffix(e.kind.as_str()) == Some(&format!("{id}-")))
+                .filter(|e| {
+                    ends.contains(&e.kind)
+                        && e.id.strip_suffix(e.kind.as_str()) == Some(&format!("{id}-"))
+                })
                 .map(|e| e.kind)
                 .collect();
             kinds.dedup();

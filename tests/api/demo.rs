@@ -21,6 +21,8 @@ fn args(firmware: FirmwareArg, fault: FaultArg, speed: f64) -> DemoArgs {
         firmware,
         data_dir: None,
         fault,
+        ntfy: None,
+        webhook: Vec::new(),
     }
 }
 

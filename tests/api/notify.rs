@@ -176,7 +176,10 @@ async fn a_charge_now_run_tells_each_channel_of_its_start_and_end_exactly_once()
     assert_eq!(end["started_at"], start["started_at"]);
     assert!(end["energy_wh"].as_f64().unwrap() > 0.0, "{end}");
     // One charge's events share its id, so a receiver can tell them apart and drop a repeat.
-    let session = start["id"].as_str().unwrap().strip_suffix("-charge_started");
+    let session = start["id"]
+        .as_str()
+        .unwrap()
+        .strip_suffix("-charge_started");
     assert_eq!(
         end["id"].as_str().unwrap().strip_suffix("-charge_complete"),
         session,

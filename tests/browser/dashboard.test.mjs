@@ -6,6 +6,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import { createServer } from "node:http";
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -391,6 +392,53 @@ test("a dongle that does not report shows as offline, not as all well", async ()
   assert.ok(await page.isVisible("#banner"));
   assert.match(await text(page, "#banner"), /not reporting/);
   assert.equal(await text(page, "#soc"), "—");
+  assert.deepEqual(failures, []);
+  await page.close();
+});
+
+test("the notifications card shows each channel, and its test button reaches them", async () => {
+  // A webhook receiver of our own; a second URL where nothing listens.
+  const received = [];
+  const server = createServer((req, res) => {
+    let body = "";
+    req.on("data", (d) => (body += d));
+    req.on("end", () => {
+      received.push(JSON.parse(body));
+      res.writeHead(200, { "Content-Type": "application/json" });
+      res.end("{}");
+    });
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  const hook = `http://127.0.0.1:${server.address().port}/hook`;
+  const dead = await new Promise((r) => {
+    const s = createServer().listen(0, "127.0.0.1", () => { const p = s.address().port; s.close(() => r(`http://127.0.0.1:${p}/gone`)); });
+  });
+  const at = await startDemo("--webhook", hook, "--webhook", dead);
+  const { page, failures } = await open({ at });
+  await page.waitForSelector("#notify-table:not([hidden])");
+  assert.ok(await page.isHidden("#notify-none"));
+  const rows = await page.$$eval("#notify tr", (trs) => trs.map((tr) => tr.textContent));
+  assert.equal(rows.length, 2);
+  assert.match(rows[0], /webhook 1 \(127\.0\.0\.1:\d+\)/);
+  assert.doesNotMatch(rows[0], /\/hook/, "no full URL is shown");
+  await page.click("#notify-test");
+  await page.waitForFunction(() => /delivered/.test(document.getElementById("notify-msg").textContent));
+  assert.match(await text(page, "#notify-msg"), /webhook 1 \(127\.0\.0\.1:\d+\): delivered/);
+  assert.match(await text(page, "#notify-msg"), /webhook 2 \(127\.0\.0\.1:\d+\): .*(connect|refused)/i);
+  assert.equal(received.filter((r) => r.event === "test").length, 1, "the receiver got the test once");
+  await page.waitForFunction(() => document.querySelectorAll("#notify .pill").length === 2);
+  const pills = await page.$$eval("#notify .pill", (ps) => ps.map((p) => p.textContent));
+  assert.deepEqual(pills, ["delivered", "failed"]);
+  assert.deepEqual(failures, []);
+  await page.close();
+  server.close();
+});
+
+test("without channels the notifications card says how to set one up", async () => {
+  const { page, failures } = await open();
+  await page.waitForFunction(() => !document.getElementById("notify-none").hidden);
+  assert.match(await text(page, "#notify-none"), /README/);
+  assert.ok(await page.isHidden("#notify-test"));
   assert.deepEqual(failures, []);
   await page.close();
 });
