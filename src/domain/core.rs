@@ -521,10 +521,15 @@ impl EngineCore {
         if let Some(t) = self.connect_grace {
             d = d.min(t.saturating_sub(now.mono));
         }
-        if !self.dongle_reported_offline
-            && let Some((since, _)) = self.unreachable(now)
-        {
-            d = d.min((since + DONGLE_OFFLINE_DEBOUNCE).saturating_sub(now.mono));
+        if !self.dongle_reported_offline {
+            // When the owner is told of a dongle unreachable now, or silent from the stale limit.
+            let since = self.unreachable(now).map(|(since, _)| since).or_else(|| {
+                let heard = self.last_heard.or(self.booted_at)?;
+                Some(heard + self.cfg.params.stale_after)
+            });
+            if let Some(since) = since {
+                d = d.min((since + DONGLE_OFFLINE_DEBOUNCE).saturating_sub(now.mono));
+            }
         }
         if let Some(s) = &self.session {
             if let Some(t) = s.next_wall_deadline() {

@@ -450,12 +450,14 @@ impl Notifier {
             let mono = clock.mono();
             let due = self.shared().outbox.due(now, &|k| busy.contains(k));
             let mut limited_until: Option<Mono> = None;
+            let mut limited: HashSet<String> = HashSet::new();
             for entry in due {
                 let bucket = buckets
                     .entry(entry.channel.clone())
                     .or_insert_with(|| Bucket::new(mono));
                 if let Err(at) = bucket.take(mono) {
                     limited_until = Some(limited_until.map_or(at, |l| l.min(at)));
+                    limited.insert(entry.channel.clone());
                     continue;
                 }
                 let Some(channel) = self.channel(&entry.channel).cloned() else {
@@ -471,7 +473,9 @@ impl Notifier {
                 });
             }
             let mut wait = MAX_SLEEP;
-            if let Some(t) = self.shared().outbox.next_due(&|k| busy.contains(k)) {
+            // Channels busy or rate-limited are woken by their delivery or by the limit.
+            let waiting = |k: &Target| busy.contains(k) || limited.contains(&k.0);
+            if let Some(t) = self.shared().outbox.next_due(&waiting) {
                 let until = now.duration_until(t);
                 wait = wait.min(Duration::try_from(until).unwrap_or(Duration::ZERO));
             }
