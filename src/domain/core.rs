@@ -395,6 +395,8 @@ pub struct EngineCore {
     events: Vec<Event>,
     /// `events` changed since they were last handed to the outbox.
     notify_pending: bool,
+    /// The events handed over are those the state file held at boot.
+    handing_saved_events: bool,
     /// The owner was told the dongle is offline, and not yet that it is back.
     dongle_reported_offline: bool,
     /// Since when (monotonic) the broker connection is down, or the dongle says it is offline.
@@ -434,6 +436,7 @@ impl EngineCore {
             occurrence_records: Vec::new(),
             awaiting_dongle: None,
             notify_pending: !state.events.is_empty(),
+            handing_saved_events: !state.events.is_empty(),
             events: state.events,
             dongle_reported_offline: state.dongle_reported_offline,
             broker_down_since: None,
@@ -479,7 +482,18 @@ impl EngineCore {
             Input::SnapshotDone(snap) => self.on_snapshot(snap, now),
             Input::SaveDone { ticket, result } => self.on_saved(ticket, result, now, &mut fx),
             Input::Notified { ids, result } => match result {
-                Ok(()) => self.events.retain(|e| !ids.contains(&e.id)),
+                Ok(()) => {
+                    self.events.retain(|e| !ids.contains(&e.id));
+                    // No save of its own while running (the charge's saves are the ones
+                    // that matter): until the next one the state file still lists them, and
+                    // a restart hands them over again, which the outbox drops. At boot the
+                    // file is tidied at once.
+                    if !std::mem::take(&mut self.handing_saved_events)
+                        && let Some(saved) = &mut self.saved
+                    {
+                        saved.events.retain(|e| !ids.contains(&e.id));
+                    }
+                }
                 // Kept, saved with the state: handed again with the next event or at the next
                 // start.
                 Err(e) => warn!(

@@ -237,12 +237,14 @@ impl Notifier {
     pub fn accept(&self, events: &[Event], now: Timestamp) -> Result<(), String> {
         let mut shared = self.shared();
         let before = shared.outbox.clone();
-        let mut changed = false;
+        let mut queued = false;
         for e in events {
             let targets = self.targets(e, &shared.devices);
-            changed |= shared.outbox.accept(e, targets, now);
+            queued |= !targets.is_empty();
+            shared.outbox.accept(e, targets, now);
         }
-        if !changed {
+        if !queued {
+            // Nothing to send (no channel wants these): remembered, not written.
             return Ok(());
         }
         if let Err(e) = self
