@@ -628,7 +628,7 @@ fn a_charge_tells_its_start_once_and_its_end_once_each_saved_before_it_is_handed
         !rig.notified_unsaved,
         "every event is on disk before the outbox gets it"
     );
-    let mut after = rig.restarted();
+    let after = rig.restarted();
     assert!(
         after.events.is_empty(),
         "what the state file still lists is handed over again and dropped by the outbox"
