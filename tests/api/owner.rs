@@ -121,10 +121,17 @@ async fn a_silent_dongle_is_shown_offline_with_when_it_was_last_heard() {
     let (_, st) = w.get("/api/charging/status").await;
     assert_eq!(st["dongle_online"], true);
     w.sim.set_fault(Fault::Silent);
-    // What the dongle sent before it fell silent may still be on its way: let it land (an
-    // HTTP round trip later), then let the stale limit pass with nothing more to come.
-    w.clock.advance(MIN);
-    let (_, before) = w.get("/api/charging/status").await;
+    // What the dongle sent before it fell silent may still be on its way, and a message that
+    // lands after the clock moved is news: the stale limit is let pass until it holds.
+    let mut before = Value::Null;
+    for _ in 0..5 {
+        w.clock.advance(2 * MIN);
+        let (_, st) = w.get("/api/charging/status").await;
+        before = st;
+        if before["dongle_online"] == false {
+            break;
+        }
+    }
     let heard = before["dongle_last_seen"].clone();
     assert!(heard.is_string(), "{before}");
     w.clock.advance(2 * MIN);
@@ -183,8 +190,10 @@ async fn impossible_telemetry_is_dropped_counted_and_never_shown() {
         json!({"event": "input_delta", "ts": 0, "payload": {"Pcharge": 1234, "Pdischarge": 0}}),
     )
     .await;
-    w.wait_status(|s| s.battery_power == Some(1234.0)).await;
-    assert_eq!(w.app.as_ref().unwrap().metrics.rejected_values(), 3);
+    // (Waited for through the count: the dongle's own reports may overwrite the power shown.)
+    let metrics = w.app.as_ref().unwrap().metrics.clone();
+    w.wait_status(|_| metrics.rejected_values() >= 3).await;
+    assert_eq!(metrics.rejected_values(), 3);
     let (_, st) = w.get("/api/charging/status").await;
     assert_eq!(st["current_soc"], 30, "{st}");
     let power = st["battery_power"].as_f64();
