@@ -583,3 +583,26 @@ fn unknown_tariff_keys_and_keys_the_source_does_not_read_are_warned() {
     let l = parse(&text, &no_env()).unwrap();
     assert_eq!(l.warnings[0].path, "tariff.fixed", "{:?}", l.warnings);
 }
+
+#[test]
+fn each_commented_battery_and_tariff_example_loads_without_warnings() {
+    let text = include_str!("../../config.example.yaml");
+    let mut blocks: Vec<String> = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("# battery:") || line.starts_with("# tariff:") {
+            blocks.push(format!("{}\n", &line[2..]));
+        } else if let (Some(block), Some(rest)) = (blocks.last_mut(), line.strip_prefix("#   ")) {
+            block.push_str(&format!("  {rest}\n"));
+        }
+    }
+    assert_eq!(blocks.len(), 7, "{blocks:#?}");
+    for block in &blocks {
+        let l = parse(&format!("{MQTT}{block}"), &no_env())
+            .unwrap_or_else(|p| panic!("{block}: {p:?}"));
+        assert!(l.warnings.is_empty(), "{block}: {:?}", l.warnings);
+        assert!(
+            l.config.tariff.is_some() || l.config.battery.capacity_kwh.is_some(),
+            "{block}"
+        );
+    }
+}
