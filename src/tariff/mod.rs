@@ -292,17 +292,14 @@ pub async fn fetch(
                 .timeout(REQUEST_TIMEOUT)
                 .send()
                 .await
-                .map_err(|e| PriceError::Transport(e.to_string()))?;
+                .map_err(transport)?;
             let status = response.status().as_u16();
             let content_type = response
                 .headers()
                 .get(reqwest::header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
-            let body = response
-                .bytes()
-                .await
-                .map_err(|e| PriceError::Transport(e.to_string()))?;
+            let body = response.bytes().await.map_err(transport)?;
             match source.parse(status, content_type.as_deref(), &body) {
                 Ok(page) => {
                     slots.extend(page.slots);
@@ -314,6 +311,12 @@ pub async fn fetch(
         }
     }
     non_empty(tidy(slots, from, to))
+}
+
+/// A request without an answer, with its causes ("connection refused", "timed out"): reqwest's
+/// own message says only that sending failed. The URL is left out; it is known to the caller.
+fn transport(e: reqwest::Error) -> PriceError {
+    PriceError::Transport(crate::notify::https::error_chain(&e.without_url()))
 }
 
 fn non_empty(slots: Vec<PriceSlot>) -> Result<Vec<PriceSlot>, PriceError> {
