@@ -9,7 +9,8 @@
 //!
 //! [`fetch`] is the thin async loop around them: every URL, every page, then the slots sorted,
 //! without duplicates, cut to the window. [`cache`] keeps the last fetch on disk and says when
-//! to fetch again.
+//! to fetch again. [`sample`] is a made-up day of prices for
+//! the demo.
 //!
 //! Failures a caller must tell apart ([`PriceError`]): prices not published yet (Nord Pool's
 //! 204, an empty list), an answer that is not what the source sends (an HTML error page with
@@ -30,6 +31,7 @@ pub mod energy_charts;
 pub mod fixed;
 pub mod nordpool;
 pub mod octopus_agile;
+pub mod sample;
 
 use std::time::Duration;
 
