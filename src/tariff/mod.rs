@@ -9,8 +9,8 @@
 //!
 //! [`fetch`] is the thin async loop around them: every URL, every page, then the slots sorted,
 //! without duplicates, cut to the window. [`cache`] keeps the last fetch on disk and says when
-//! to fetch again. [`sample`] is a made-up day of prices for
-//! the demo.
+//! to fetch again. [`feed`] is the background task that does so and publishes the prices the
+//! engine and the API read; [`sample`] is a made-up day of prices for the demo.
 //!
 //! Failures a caller must tell apart ([`PriceError`]): prices not published yet (Nord Pool's
 //! 204, an empty list), an answer that is not what the source sends (an HTML error page with
@@ -28,6 +28,7 @@ pub mod awattar;
 pub mod cache;
 pub mod elering;
 pub mod energy_charts;
+pub mod feed;
 pub mod fixed;
 pub mod nordpool;
 pub mod octopus_agile;
@@ -39,6 +40,7 @@ use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
 
 pub use crate::domain::plan::PriceSlot;
+pub use feed::{PriceFeed, Prices};
 
 /// How many pages one URL may lead through before the answer is taken as a loop.
 pub const MAX_PAGES: usize = 20;
