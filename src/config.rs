@@ -174,6 +174,10 @@ pub struct Config {
     /// The old backend's push section; `None` when the file has none.
     pub apns: Option<ApnsConfig>,
     pub notifications: NotificationsConfig,
+    /// What cheapest-hours planning knows of the battery.
+    pub battery: BatteryConfig,
+    /// Where prices come from; `None` when the section is absent or names no source.
+    pub tariff: Option<TariffConfig>,
     /// The IANA zone schedules are computed in.
     pub timezone: TimeZone,
     /// The zone's name for display (`system` when taken from the system).
@@ -310,10 +314,14 @@ pub fn parse(text: &str, env: &EnvOverrides) -> Result<Loaded, Vec<Problem>> {
             "timezone",
             "apns",
             "notifications",
+            "battery",
+            "tariff",
         ],
     );
     let apns = notify::apns_section(&mut c, root);
     let notifications = notify::notifications_section(&mut c, root);
+    let battery = tariff::battery_section(&mut c, root);
+    let tariff = tariff::tariff_section(&mut c, root);
 
     let mqtt = c.section(root, "mqtt");
     c.unknown_keys(
@@ -603,6 +611,8 @@ pub fn parse(text: &str, env: &EnvOverrides) -> Result<Loaded, Vec<Problem>> {
             home_assistant,
             apns,
             notifications,
+            battery,
+            tariff,
             timezone,
             timezone_name,
         },
@@ -888,6 +898,8 @@ impl Checker {
 
 mod notify;
 pub use notify::{ApnsConfig, NotificationsConfig, NtfyConfig, WebhookConfig, check_url};
+mod tariff;
+pub use tariff::{BatteryConfig, FixedRate, TariffConfig};
 
 #[cfg(test)]
 mod tests;

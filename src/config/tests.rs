@@ -402,3 +402,207 @@ fn a_file_without_charging_keys_runs_charges_by_the_sessions_default_rules() {
         .config;
     assert_eq!(crate::app::charge_params(&c), ChargeParams::default());
 }
+
+const MQTT: &str = "mqtt: {host: h, dongle_prefix: d}\n";
+
+#[test]
+fn battery_and_tariff_are_optional_and_absent_means_no_prices() {
+    let c = parse(MQTT, &no_env()).unwrap().config;
+    assert_eq!(c.battery, BatteryConfig::default());
+    assert_eq!(c.tariff, None);
+    let l = parse(
+        &format!("{MQTT}battery: null\ntariff: {{source: null}}"),
+        &no_env(),
+    )
+    .unwrap();
+    assert_eq!(l.config.tariff, None);
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+}
+
+#[test]
+fn the_battery_section_is_read_and_range_checked() {
+    let l = parse(
+        &format!("{MQTT}battery: {{capacity_kwh: 10.24, charge_kw: \"3.6\"}}"),
+        &no_env(),
+    )
+    .unwrap();
+    assert_eq!(
+        l.config.battery,
+        BatteryConfig {
+            capacity_kwh: Some(10.24),
+            charge_kw: Some(3.6)
+        }
+    );
+    let p = parse(
+        &format!("{MQTT}battery: {{capacity_kwh: 0.2, charge_kw: 150, colour: red}}"),
+        &no_env(),
+    )
+    .unwrap_err();
+    let paths: Vec<_> = p.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(paths, ["battery.capacity_kwh", "battery.charge_kw"]);
+    assert!(
+        p[0].message.contains("from 0.5 to 1000, found 0.2"),
+        "{}",
+        p[0]
+    );
+    assert!(
+        p[1].message.contains("from 0.1 to 100, found 150"),
+        "{}",
+        p[1]
+    );
+    let p = parse(&format!("{MQTT}battery: {{charge_kw: lots}}"), &no_env()).unwrap_err();
+    assert_eq!(p[0].path, "battery.charge_kw");
+    let l = parse(&format!("{MQTT}battery: {{colour: red}}"), &no_env()).unwrap();
+    assert_eq!(l.warnings[0].path, "battery.colour");
+}
+
+#[test]
+fn a_tariff_section_is_read_for_each_source() {
+    let l = parse(
+        &format!(
+            "{MQTT}tariff:\n  source: octopus_agile\n  product: AGILE-24-10-01\n  region: C\n"
+        ),
+        &no_env(),
+    )
+    .unwrap();
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+    let t = l.config.tariff.unwrap();
+    assert_eq!(t.source.as_deref(), Some("octopus_agile"));
+    assert_eq!(t.product.as_deref(), Some("AGILE-24-10-01"));
+    assert_eq!(t.region.as_deref(), Some("C"));
+    let t = parse(
+        &format!(
+            "{MQTT}tariff:\n  source: fixed\n  currency: GBP\n  fixed:\n    \
+             - {{from: 00:00, to: 07:00, price: 0.09}}\n    \
+             - {{from: \"07:00\", to: \"24:00\", price: 0.28, days: [mon, tue, wed, thu, fri, sat, sun]}}\n"
+        ),
+        &no_env(),
+    )
+    .unwrap()
+    .config
+    .tariff
+    .unwrap();
+    assert_eq!(t.fixed.len(), 2);
+    // Unquoted times are strings to YAML 1.2.
+    assert_eq!(
+        (t.fixed[0].from.as_str(), t.fixed[0].to.as_str()),
+        ("00:00", "07:00")
+    );
+    assert_eq!(t.fixed[0].price, 0.09);
+    assert_eq!(t.fixed[1].days.as_ref().map(Vec::len), Some(7));
+    for source in ["awattar", "energy_charts"] {
+        let l = parse(&format!("{MQTT}tariff: {{source: {source}}}"), &no_env()).unwrap();
+        assert!(l.config.tariff.is_some(), "{source}");
+    }
+}
+
+#[test]
+fn a_tariff_the_source_cannot_use_is_refused_with_key_paths() {
+    let p = parse(
+        &format!("{MQTT}tariff: {{source: octopus_agile, region: I, base_url: 'api.example'}}"),
+        &no_env(),
+    )
+    .unwrap_err();
+    let paths: Vec<_> = p.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["tariff.base_url", "tariff.product", "tariff.region"],
+        "{p:?}"
+    );
+    assert!(
+        p[2].message
+            .starts_with("must be the Octopus region letter"),
+        "{}",
+        p[2]
+    );
+    let p = parse(&format!("{MQTT}tariff: {{source: tibber}}"), &no_env()).unwrap_err();
+    assert_eq!(p[0].path, "tariff.source");
+    assert!(p[0].message.contains("octopus_agile"), "{}", p[0]);
+    let p = parse(&format!("{MQTT}tariff: {{source: nordpool}}"), &no_env()).unwrap_err();
+    assert_eq!(p[0].path, "tariff.zone");
+    let p = parse(&format!("{MQTT}tariff: [octopus_agile]"), &no_env()).unwrap_err();
+    assert_eq!(p[0].path, "tariff");
+}
+
+#[test]
+fn a_fixed_table_row_is_checked_key_by_key() {
+    let text = format!(
+        "{MQTT}tariff:\n  source: fixed\n  currency: GBP\n  fixed:\n    \
+         - {{from: 7, to: \"24:00\", price: 0.2}}\n    \
+         - {{from: 00:00, price: cheap}}\n    \
+         - night\n"
+    );
+    let p = parse(&text, &no_env()).unwrap_err();
+    let paths: Vec<_> = p.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "tariff.fixed[0].from",
+            "tariff.fixed[1].to",
+            "tariff.fixed[1].price",
+            "tariff.fixed[2]"
+        ],
+        "{p:?}"
+    );
+    assert!(
+        p[0].message.contains("\"HH:MM\", found the number 7"),
+        "{}",
+        p[0]
+    );
+    // Well typed, the table's own rules apply: a bad time and an unknown day.
+    let text = format!(
+        "{MQTT}tariff:\n  source: fixed\n  currency: GBP\n  fixed:\n    \
+         - {{from: \"7:00\", to: \"24:00\", price: 0.2, days: [funday]}}\n"
+    );
+    let p = parse(&text, &no_env()).unwrap_err();
+    let paths: Vec<_> = p.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["tariff.fixed[0].from", "tariff.fixed[0].days"],
+        "{p:?}"
+    );
+}
+
+#[test]
+fn unknown_tariff_keys_and_keys_the_source_does_not_read_are_warned() {
+    let text =
+        format!("{MQTT}tariff:\n  source: awattar\n  zone: SE3\n  fixed: []\n  colour: blue\n");
+    let l = parse(&text, &no_env()).unwrap();
+    let paths: Vec<_> = l.warnings.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(paths, ["tariff.colour", "tariff.zone"], "{:?}", l.warnings);
+    assert!(
+        l.warnings[1]
+            .message
+            .contains("not used by source \"awattar\"")
+    );
+    // A table with hours of the week left unpriced loads, with a warning.
+    let text = format!(
+        "{MQTT}tariff:\n  source: fixed\n  currency: GBP\n  fixed:\n    \
+         - {{from: \"00:00\", to: \"07:00\", price: 0.09}}\n"
+    );
+    let l = parse(&text, &no_env()).unwrap();
+    assert_eq!(l.warnings[0].path, "tariff.fixed", "{:?}", l.warnings);
+}
+
+#[test]
+fn each_commented_battery_and_tariff_example_loads_without_warnings() {
+    let text = include_str!("../../config.example.yaml");
+    let mut blocks: Vec<String> = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("# battery:") || line.starts_with("# tariff:") {
+            blocks.push(format!("{}\n", &line[2..]));
+        } else if let (Some(block), Some(rest)) = (blocks.last_mut(), line.strip_prefix("#   ")) {
+            block.push_str(&format!("  {rest}\n"));
+        }
+    }
+    assert_eq!(blocks.len(), 7, "{blocks:#?}");
+    for block in &blocks {
+        let l = parse(&format!("{MQTT}{block}"), &no_env())
+            .unwrap_or_else(|p| panic!("{block}: {p:?}"));
+        assert!(l.warnings.is_empty(), "{block}: {:?}", l.warnings);
+        assert!(
+            l.config.tariff.is_some() || l.config.battery.capacity_kwh.is_some(),
+            "{block}"
+        );
+    }
+}

@@ -52,9 +52,18 @@ impl FixedTariff {
         tz: &TimeZone,
         problems: &mut Vec<String>,
     ) -> Option<FixedTariff> {
-        let currency = config.currency.as_deref().unwrap_or("").trim();
+        let currency = config
+            .currency
+            .as_deref()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_uppercase();
         if currency.is_empty() {
             problems.push("tariff.currency is required for a fixed table, e.g. GBP".to_string());
+        } else if currency.len() != 3 || !currency.chars().all(|c| c.is_ascii_alphabetic()) {
+            problems.push(format!(
+                "tariff.currency {currency:?} must be a three-letter currency code, e.g. GBP"
+            ));
         }
         if config.fixed.is_empty() {
             problems.push("tariff.fixed must list at least one {from, to, price} row".to_string());
@@ -93,7 +102,7 @@ impl FixedTariff {
         Some(FixedTariff {
             rows,
             tz: tz.clone(),
-            currency: currency.to_string(),
+            currency,
         })
     }
 
@@ -360,6 +369,22 @@ mod tests {
         let fri = t.expand(local(z, 2026, 1, 16, 0, 0), local(z, 2026, 1, 17, 0, 0));
         assert_eq!(fri.len(), 1);
         assert_eq!(covered(&fri), SignedDuration::from_hours(24));
+    }
+
+    #[test]
+    fn the_currency_is_a_three_letter_code_in_capitals() {
+        let with = |currency: &str| TariffConfig {
+            source: Some("fixed".into()),
+            currency: Some(currency.into()),
+            fixed: off_peak(),
+            ..TariffConfig::default()
+        };
+        let mut problems = Vec::new();
+        let t = FixedTariff::new(&with(" gbp "), &TimeZone::UTC, &mut problems).unwrap();
+        assert_eq!((t.currency.as_str(), problems.len()), ("GBP", 0));
+        let problems = with("pounds").validate();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].starts_with("tariff.currency"), "{problems:?}");
     }
 
     #[test]

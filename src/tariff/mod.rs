@@ -9,7 +9,8 @@
 //!
 //! [`fetch`] is the thin async loop around them: every URL, every page, then the slots sorted,
 //! without duplicates, cut to the window. [`cache`] keeps the last fetch on disk and says when
-//! to fetch again.
+//! to fetch again. [`feed`] is the background task that does so and publishes the prices the
+//! engine and the API read; [`sample`] is a made-up day of prices for the demo.
 //!
 //! Failures a caller must tell apart ([`PriceError`]): prices not published yet (Nord Pool's
 //! 204, an empty list), an answer that is not what the source sends (an HTML error page with
@@ -27,9 +28,11 @@ pub mod awattar;
 pub mod cache;
 pub mod elering;
 pub mod energy_charts;
+pub mod feed;
 pub mod fixed;
 pub mod nordpool;
 pub mod octopus_agile;
+pub mod sample;
 
 use std::time::Duration;
 
@@ -37,6 +40,7 @@ use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
 
 pub use crate::domain::plan::PriceSlot;
+pub use feed::{PriceFeed, Prices};
 
 /// How many pages one URL may lead through before the answer is taken as a loop.
 pub const MAX_PAGES: usize = 20;
@@ -292,17 +296,14 @@ pub async fn fetch(
                 .timeout(REQUEST_TIMEOUT)
                 .send()
                 .await
-                .map_err(|e| PriceError::Transport(e.to_string()))?;
+                .map_err(transport)?;
             let status = response.status().as_u16();
             let content_type = response
                 .headers()
                 .get(reqwest::header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
-            let body = response
-                .bytes()
-                .await
-                .map_err(|e| PriceError::Transport(e.to_string()))?;
+            let body = response.bytes().await.map_err(transport)?;
             match source.parse(status, content_type.as_deref(), &body) {
                 Ok(page) => {
                     slots.extend(page.slots);
@@ -314,6 +315,12 @@ pub async fn fetch(
         }
     }
     non_empty(tidy(slots, from, to))
+}
+
+/// A request without an answer, with its causes ("connection refused", "timed out"): reqwest's
+/// own message says only that sending failed. The URL is left out; it is known to the caller.
+fn transport(e: reqwest::Error) -> PriceError {
+    PriceError::Transport(crate::notify::https::error_chain(&e.without_url()))
 }
 
 fn non_empty(slots: Vec<PriceSlot>) -> Result<Vec<PriceSlot>, PriceError> {
