@@ -150,6 +150,48 @@ impl App {
     }
 }
 
+/// The battery's figures for cheapest hours: as configured, and a charge rate learned from the
+/// history when none is configured.
+fn battery(config: &Config, store: &Store) -> crate::domain::night::Battery {
+    let b = config.battery;
+    let learned_kw = b
+        .capacity_kwh
+        .filter(|_| b.charge_kw.is_none())
+        .and_then(|cap| {
+            let mut past: Vec<crate::domain::plan::PastCharge> = store
+                .history(crate::store::HISTORY_LIMIT)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|r| {
+                    Some(crate::domain::plan::PastCharge {
+                        start_soc: f64::from(r.start_soc?.get()),
+                        end_soc: f64::from(r.end_soc?.get()),
+                        duration: Duration::try_from(r.ended_at.duration_since(r.started_at))
+                            .ok()?,
+                    })
+                })
+                .collect();
+            past.reverse(); // oldest first
+            crate::domain::plan::learned_charge_kw(&past, cap)
+        });
+    crate::domain::night::Battery {
+        capacity_kwh: b.capacity_kwh,
+        charge_kw: b.charge_kw,
+        learned_kw,
+    }
+}
+
+/// Why `strategy: cheapest` cannot be planned with this config, if it cannot.
+fn cheapest_unavailable(config: &Config) -> Option<String> {
+    if config.battery.capacity_kwh.is_none() {
+        return Some("cheapest hours needs the battery's usable capacity: set battery.capacity_kwh in config.yaml".into());
+    }
+    if config.tariff.is_none() {
+        return Some("cheapest hours needs prices: set a tariff: source in config.yaml (a dynamic tariff, or a fixed time-of-use table)".into());
+    }
+    None
+}
+
 pub fn charge_params(config: &Config) -> ChargeParams {
     let c = &config.charging;
     ChargeParams {
@@ -214,12 +256,26 @@ pub async fn start(
     );
     let mqtt_connected = dongle.connected();
     let notifier = crate::notify::Notifier::new(config, store.clone(), clock.now());
+    let battery = battery(config, &store);
+    let prices = config.tariff.as_ref().and_then(|t| {
+        crate::tariff::feed::spawn(
+            t,
+            config.timezone.clone(),
+            store.clone(),
+            clock.clone(),
+            shutdown.clone(),
+        )
+        .map_err(|e| error!("prices cannot be fetched: {e}"))
+        .ok()
+    });
     let engine_cfg = EngineConfig {
         params: charge_params(config),
         tz: config.timezone.clone(),
         check_interval: config.charging.soc_check_interval,
         soc_rule: config.charging.soc_rule,
         write_timeout: config.charging.write_timeout,
+        battery,
+        prices,
     };
     let (engine, handle, cmds) = engine::new(
         engine_cfg,
@@ -252,6 +308,7 @@ pub async fn start(
         clock: clock.clone(),
         metrics: metrics.clone(),
         notifier: notifier.clone(),
+        cheapest_unavailable: cheapest_unavailable(config),
     };
     let router = http::router(api, &config.server.cors_origins, Duration::from_secs(120));
     let addr = listener.local_addr()?;

@@ -44,6 +44,10 @@ pub struct EngineConfig {
     pub soc_rule: SocRule,
     /// How long a write waits for its answer: what a stop waits for the write in flight.
     pub write_timeout: Duration,
+    /// The battery's figures, for cheapest hours.
+    pub battery: crate::domain::night::Battery,
+    /// Prices for cheapest hours, when a tariff is configured.
+    pub prices: Option<crate::tariff::PriceFeed>,
 }
 
 pub enum Command {
@@ -169,6 +173,8 @@ pub struct Engine {
     metrics: Metrics,
     /// Where events go once saved with the state.
     notifier: Notifier,
+    /// Prices for cheapest hours, when a tariff is configured.
+    prices: Option<tokio::sync::watch::Receiver<Option<crate::tariff::Prices>>>,
 }
 
 /// Builds the engine from the stored state and returns it with its handle. Nothing runs until
@@ -188,12 +194,14 @@ pub fn new(
             tz: cfg.tz.clone(),
             check_interval: cfg.check_interval,
             soc_rule: cfg.soc_rule,
+            battery: cfg.battery,
         },
         state,
         clock.now(),
     );
     let (status_tx, status_rx) = watch::channel(core.status().clone());
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
+    let prices = cfg.prices.as_ref().map(|p| p.watch());
     let engine = Engine {
         cfg,
         clock,
@@ -209,12 +217,38 @@ pub fn new(
         bad_values: Throttle::per_minute(),
         metrics,
         notifier,
+        prices,
     };
     let handle = EngineHandle {
         cmds: cmd_tx,
         status: status_rx,
     };
     (engine, handle, cmd_rx)
+}
+
+/// The next prices from the feed, as the core takes them; pends forever without a feed (or
+/// once it has ended).
+async fn prices_changed(
+    rx: &mut Option<tokio::sync::watch::Receiver<Option<crate::tariff::Prices>>>,
+) -> Option<Option<crate::domain::night::PriceBook>> {
+    let Some(r) = rx else {
+        return std::future::pending().await;
+    };
+    if r.changed().await.is_err() {
+        *rx = None;
+        return std::future::pending().await;
+    }
+    Some(r.borrow_and_update().as_ref().map(price_book))
+}
+
+fn price_book(p: &crate::tariff::Prices) -> crate::domain::night::PriceBook {
+    crate::domain::night::PriceBook {
+        source: p.source.clone(),
+        currency: p.currency.clone(),
+        fetched_at: p.fetched_at,
+        slots: p.slots.clone(),
+        problem: p.last_error.clone(),
+    }
 }
 
 /// Awaits an optional receiver; pends forever when there is none (for `select!`).
@@ -255,6 +289,10 @@ impl Engine {
     ) {
         let connected = self.dongle.is_connected();
         self.apply(Input::Boot { connected });
+        if let Some(rx) = &mut self.prices {
+            let book = rx.borrow_and_update().as_ref().map(price_book);
+            self.apply(Input::Prices(book));
+        }
         loop {
             let wake = self.core.next_wake(self.now());
             tokio::select! {
@@ -277,6 +315,7 @@ impl Engine {
                     Command::Inject(EngineFault::Panic) => panic!("the engine was made to panic"),
                     cmd => self.on_command(cmd),
                 },
+                Some(book) = prices_changed(&mut self.prices) => self.apply(Input::Prices(book)),
                 _ = self.clock.sleep(wake) => self.apply(Input::Tick),
             }
         }

@@ -439,6 +439,8 @@ mod tests {
             detail: None,
             energy_wh: None,
             restore_failures: vec![],
+            cost: None,
+            currency: None,
         };
         for i in 0..1150 {
             rec.id = i.to_string();

@@ -24,6 +24,8 @@ use jiff::tz::TimeZone;
 use tracing::{debug, info, warn};
 
 use crate::domain::event::{Event, EventKind};
+use crate::domain::night::{self, Battery, Decision, Night, PlanView, PriceBook};
+use crate::domain::schedule::Strategy;
 use crate::domain::schedule::{Due, Schedule, ScheduleError};
 use crate::domain::session::{
     AC_CHARGE, BAT_CHG_CONTROL, ChargeParams, Now, Origin, Phase, Report, SOC_LIMIT, Sabotage,
@@ -57,6 +59,8 @@ pub struct CoreConfig {
     pub check_interval: Duration,
     /// Which SOC readings are believed at once.
     pub soc_rule: SocRule,
+    /// The battery's figures, for cheapest hours.
+    pub battery: Battery,
 }
 
 /// A schedule as the API sets it.
@@ -69,6 +73,9 @@ pub struct ScheduleInput {
     pub days: Option<Days>,
     /// An exact first run (ISO-8601 start with offset).
     pub first_run: Option<Timestamp>,
+    /// Cheapest hours: the local time the target must be reached by (`time` is then the
+    /// earliest start). None: a fixed start.
+    pub ready_by: Option<LocalTime>,
 }
 
 /// The outcome of "charge now".
@@ -136,6 +143,8 @@ pub struct Status {
     pub inverter_read_at: Option<Timestamp>,
     /// The charge-type setting's name (configurable; `ACChargeType` by default).
     pub charge_type_setting: String,
+    /// The cheapest-hours plan of the night under way, or of the next one.
+    pub plan: Option<std::sync::Arc<PlanView>>,
 }
 
 impl Status {
@@ -157,6 +166,7 @@ impl Status {
             inverter: BTreeMap::new(),
             inverter_read_at: None,
             charge_type_setting: ChargeParams::default().charge_type_setting,
+            plan: None,
         }
     }
 
@@ -288,6 +298,8 @@ pub enum Input {
         ids: Vec<String>,
         result: Result<(), String>,
     },
+    /// The price feed has new prices (or lost them).
+    Prices(Option<PriceBook>),
     /// Time passed (a wake-up at [`EngineCore::next_wake`], or a clock check).
     Tick,
     /// The service is stopping: save what is unsaved.
@@ -404,6 +416,13 @@ pub struct EngineCore {
     offline_said_since: Option<Duration>,
     /// When the core booted (monotonic): silence is counted from here until the dongle is heard.
     booted_at: Option<Duration>,
+    /// A cheapest-hours charge in progress.
+    night: Option<Night>,
+    /// When the night's next run begins (or its ready-by time).
+    night_wake: Option<Timestamp>,
+    prices: Option<PriceBook>,
+    /// What the plan shown was made from, to make it again only when that changes.
+    plan_key: Option<PlanKey>,
 }
 
 impl EngineCore {
@@ -442,6 +461,10 @@ impl EngineCore {
             broker_down_since: None,
             offline_said_since: None,
             booted_at: None,
+            night: state.night,
+            night_wake: None,
+            prices: None,
+            plan_key: None,
             prefetched: None,
             prefetch_for: None,
             snapshot_is_prefetch: false,
@@ -501,6 +524,13 @@ impl EngineCore {
                     ids.len()
                 ),
             },
+            Input::Prices(p) => {
+                if let Some(p) = &p {
+                    info!(source = %p.source, slots = p.slots.len(), problem = ?p.problem, "prices updated");
+                }
+                self.prices = p;
+                self.plan_key = None;
+            }
             Input::Tick => {}
             Input::Flush => {
                 self.persist(&mut fx);
@@ -534,6 +564,9 @@ impl EngineCore {
         }
         if let Some(t) = self.connect_grace {
             d = d.min(t.saturating_sub(now.mono));
+        }
+        if let Some(t) = self.night_wake {
+            d = d.min(until(t));
         }
         if !self.dongle_reported_offline {
             // When the owner is told of a dongle unreachable now, or silent from the stale limit.
@@ -591,6 +624,7 @@ impl EngineCore {
         }
         self.check_schedule(now, fx);
         self.begin_queued_start(now, fx);
+        self.step_night(now, fx);
         if self.dongle_ready(now) {
             self.request_snapshot(now, fx);
             self.dispatch(now, fx);
@@ -599,6 +633,7 @@ impl EngineCore {
         self.finish_session(now, fx);
         self.drop_spent_schedule();
         self.watch_dongle(now);
+        self.refresh_plan(now);
         self.persist(fx);
         // After the save that consumed the occurrence: a crash in between leaves the
         // occurrence armed, to be judged again, rather than recorded twice.
@@ -619,6 +654,35 @@ impl EngineCore {
             return;
         };
         match schedule.due(now.wall) {
+            Due::Fire(occurrence)
+                if schedule.strategy == Strategy::Cheapest && self.session.is_none() =>
+            {
+                // The night begins: its runs start when the plan says, each waiting for the
+                // dongle then.
+                schedule.consume(occurrence, now.wall, &self.cfg.tz);
+                let target = schedule.target;
+                let ready_by = night::ready_by_after(
+                    occurrence,
+                    schedule.ready_by.unwrap_or(schedule.time),
+                    &self.cfg.tz,
+                );
+                if let Some(msg) = self.already_reached(target) {
+                    info!(%target, "cheapest-hours charge skipped: SOC already at or above the target");
+                    self.record_occurrence(StopReason::Skipped, target, occurrence, msg, now);
+                    self.drop_spent_schedule();
+                    return;
+                }
+                info!(%occurrence, %ready_by, %target, "cheapest-hours charge begins: charging in the cheapest slots until the ready-by time");
+                self.night = Some(Night {
+                    occurrence,
+                    ready_by,
+                    target,
+                    runs: 0,
+                    announced: false,
+                    untold: false,
+                });
+                self.plan_key = None;
+            }
             Due::Fire(occurrence) => {
                 if self.session.is_none()
                     && let Some(why) = problem
@@ -795,6 +859,168 @@ impl EngineCore {
         None
     }
 
+    /// A cheapest-hours charge between its runs: ends it when the target is reached or the
+    /// ready-by time has passed, starts the run the plan has for now, or notes when to look
+    /// again.
+    fn step_night(&mut self, now: Now, fx: &mut Vec<Effect>) {
+        self.night_wake = None;
+        let Some(night) = self.night.clone() else {
+            return;
+        };
+        if self.session.is_some() || self.queued_start.is_some() {
+            return;
+        }
+        if let Some(msg) = self.already_reached(night.target) {
+            if night.runs == 0 {
+                self.record_occurrence(
+                    StopReason::Skipped,
+                    night.target,
+                    night.occurrence,
+                    msg,
+                    now,
+                );
+            }
+            info!(target = %night.target, "cheapest-hours charge done: the target is reached");
+            self.end_night();
+            return;
+        }
+        if now.wall >= night.ready_by {
+            if night.runs == 0 || night.untold {
+                let soc = self
+                    .status
+                    .soc
+                    .map_or("unknown".to_string(), |s| s.to_string());
+                let detail = format!(
+                    "the target {} was not reached by the ready-by time: SOC {soc}",
+                    night.target
+                );
+                warn!("cheapest-hours charge: {detail}");
+                self.record_occurrence(
+                    StopReason::ChargeFailed,
+                    night.target,
+                    night.occurrence,
+                    detail,
+                    now,
+                );
+            }
+            self.end_night();
+            return;
+        }
+        let Some(soc) = self.status.soc.map(|s| f64::from(s.get())) else {
+            // No SOC yet (the dongle is silent): look again in a minute.
+            self.night_wake = Some(add_wall(now.wall, Duration::from_secs(60)));
+            return;
+        };
+        let view = night::plan_view(
+            night.occurrence,
+            night.ready_by,
+            night.target,
+            soc,
+            now.wall,
+            &self.cfg.battery,
+            self.prices.as_ref(),
+        );
+        match night::decide(&view, now.wall, night.ready_by) {
+            Decision::Wait { until } => self.night_wake = Some(until),
+            Decision::Charge { until } => {
+                if let Some(why) = self.dongle_problem(now) {
+                    warn!("the cheapest-hours run waits for the dongle: {why}");
+                    self.night_wake = Some(add_wall(now.wall, Duration::from_secs(60)));
+                    return;
+                }
+                self.start_run(night, until, now, fx);
+            }
+        }
+    }
+
+    /// Starts one run of the night: an ordinary charge whose cutoff is the run's end.
+    fn start_run(&mut self, mut night: Night, until: Timestamp, now: Now, fx: &mut Vec<Effect>) {
+        let len = Duration::try_from(until.duration_since(now.wall))
+            .unwrap_or(Duration::ZERO)
+            .min(self.cfg.params.cutoff)
+            .max(Duration::from_secs(60));
+        let mut params = self.cfg.params.clone();
+        params.cutoff = len;
+        let soc = self.status.soc;
+        info!(target = %night.target, %until, run = night.runs + 1, soc = ?soc.map(Soc::get), "cheapest-hours run starts");
+        let mut session = Session::new(Origin::Schedule, night.target, now, &params, soc);
+        session.cheapest = true;
+        session.slot_end = session.deadline < night.ready_by;
+        session.start_announced = night.announced;
+        if self.ac_maybe_left_on {
+            let mut owner = Settings::new();
+            owner.insert(AC_CHARGE.to_string(), SettingValue::Int(0));
+            session.inherit(owner);
+        }
+        night.runs += 1;
+        night.announced = true;
+        night.untold = false;
+        self.session = Some(session);
+        self.night = Some(night);
+        self.persist(fx);
+        self.snapshot_wanted = true;
+    }
+
+    /// The owner stopped charging or cancelled the schedule: tonight's cheapest-hours charge
+    /// runs no more.
+    fn call_off_night(&mut self) {
+        if self.night.is_some() {
+            info!("the cheapest-hours charge is called off");
+            self.end_night();
+        }
+    }
+
+    fn end_night(&mut self) {
+        self.night = None;
+        self.night_wake = None;
+        self.plan_key = None;
+        self.drop_spent_schedule();
+    }
+
+    /// Makes the plan the API shows again when what it is made from changed (at most once a
+    /// minute otherwise): the night under way, or the next cheapest occurrence.
+    fn refresh_plan(&mut self, now: Now) {
+        let window = match (&self.night, &self.schedule) {
+            (Some(n), _) => Some((n.occurrence, n.ready_by, n.target)),
+            (None, Some(s)) if s.strategy == Strategy::Cheapest && s.enabled => {
+                s.next_run.map(|occ| {
+                    let ready_by =
+                        night::ready_by_after(occ, s.ready_by.unwrap_or(s.time), &self.cfg.tz);
+                    (occ, ready_by, s.target)
+                })
+            }
+            _ => None,
+        };
+        let Some((from, until, target)) = window else {
+            self.status.plan = None;
+            self.plan_key = None;
+            return;
+        };
+        let soc = self.status.soc.map(Soc::get);
+        let key = PlanKey {
+            from,
+            until,
+            target: target.get(),
+            soc,
+            prices: self.prices.as_ref().map(|p| p.fetched_at),
+            minute: now.wall.as_second() / 60,
+        };
+        if self.plan_key.as_ref() == Some(&key) {
+            return;
+        }
+        self.plan_key = Some(key);
+        let view = night::plan_view(
+            from,
+            until,
+            target,
+            soc.map_or(0.0, f64::from),
+            now.wall,
+            &self.cfg.battery,
+            self.prices.as_ref(),
+        );
+        self.status.plan = Some(std::sync::Arc::new(view));
+    }
+
     /// Adds an event, to be saved with the state and then handed to the outbox.
     fn emit(&mut self, event: Event) {
         info!(event = %event.kind, id = %event.id, "notifying: {}", event.body());
@@ -938,6 +1164,8 @@ impl EngineCore {
             detail: Some(detail),
             energy_wh: None,
             restore_failures: Vec::new(),
+            cost: None,
+            currency: None,
         });
     }
 
@@ -1125,8 +1353,31 @@ impl EngineCore {
         if !s.is_finished() {
             return;
         }
-        let record = SessionRecord::of(s, now.wall);
+        let mut record = SessionRecord::of(s, now.wall);
         let reason = s.stop_reason.unwrap_or(StopReason::Cancelled);
+        if s.cheapest
+            && let Some(p) = &self.prices
+        {
+            record.cost = s
+                .energy_wh
+                .and_then(|e| night::cost(e, s.started_at, record.ended_at, &p.slots));
+            record.currency = record.cost.map(|_| p.currency.clone());
+        }
+        if s.cheapest
+            && let Some(n) = &mut self.night
+        {
+            match reason {
+                StopReason::SlotEnd => n.untold = true,
+                StopReason::TargetReached | StopReason::Cutoff => n.untold = false,
+                _ => {
+                    // A fault or the owner ended the run: the night ends with it (its stop
+                    // is told), rather than starting again into the same trouble.
+                    info!("the cheapest-hours charge ends with its run");
+                    self.night = None;
+                }
+            }
+        }
+        let Some(s) = &self.session else { return };
         let detail = s.detail.clone().unwrap_or_default();
         if s.restore_failures.is_empty() {
             info!(reason = reason.as_str(), soc = ?s.last_soc.map(Soc::get), "charge session ended: {detail}");
@@ -1327,6 +1578,7 @@ impl EngineCore {
                 if self.schedule.take().is_some() {
                     info!("schedule cancelled");
                 }
+                self.call_off_night();
                 fx.push(Effect::Save {
                     state: Box::new(self.state()),
                     ticket: Some(SaveTicket::Cancel(id)),
@@ -1335,6 +1587,7 @@ impl EngineCore {
                 self.awaiting_save = Some(Awaiting::Cancel);
             }
             Command::StopCharge => {
+                self.call_off_night();
                 self.stop(
                     id,
                     now,
@@ -1407,6 +1660,8 @@ impl EngineCore {
             next_run: None,
             last_run: Some(now.wall),
             created_at: now.wall,
+            strategy: Strategy::Fixed,
+            ready_by: None,
         });
         if let Some(once) = once {
             self.schedule = Some(once);
@@ -1445,7 +1700,7 @@ impl EngineCore {
         now: Now,
         fx: &mut Vec<Effect>,
     ) {
-        let schedule = match Schedule::new(
+        let mut schedule = match Schedule::new(
             input.target,
             input.time,
             input.mode,
@@ -1461,8 +1716,13 @@ impl EngineCore {
                 return;
             }
         };
+        if let Some(ready_by) = input.ready_by {
+            schedule.strategy = Strategy::Cheapest;
+            schedule.ready_by = Some(ready_by);
+        }
         info!(target = %schedule.target, time = %schedule.time, mode = schedule.mode.as_str(),
-            enabled = schedule.enabled, next_run = ?schedule.next_run, "schedule set");
+            enabled = schedule.enabled, next_run = ?schedule.next_run,
+            strategy = schedule.strategy.as_str(), ready_by = ?schedule.ready_by, "schedule set");
         let mut session = self.session.clone();
         if let Some(s) = &mut session {
             if schedule.enabled {
@@ -1476,6 +1736,9 @@ impl EngineCore {
             version: FORMAT_VERSION,
             schedule: Some(schedule.clone()),
             session: session.clone(),
+            // A new schedule replaces tonight's cheapest-hours charge (a run under way goes on
+            // to its end, with the new target).
+            night: None,
             ..self.state()
         };
         fx.push(Effect::Save {
@@ -1500,6 +1763,8 @@ impl EngineCore {
                 Ok(()) => {
                     self.schedule = Some(schedule);
                     self.session = *session;
+                    self.night = None;
+                    self.plan_key = None;
                     self.saved = Some(self.state());
                     self.step(now, fx);
                     fx.push(Effect::reply(id, Reply::Schedule(Ok(self.status.clone()))));
@@ -1630,6 +1895,7 @@ impl EngineCore {
             ac_maybe_left_on: self.ac_maybe_left_on,
             events: self.events.clone(),
             dongle_reported_offline: self.dongle_reported_offline,
+            night: self.night.clone(),
         }
     }
 
@@ -1697,7 +1963,7 @@ fn same_durable_state(a: &State, b: &State) -> bool {
     let key = |s: &State| {
         (
             s.ac_maybe_left_on,
-            s.dongle_reported_offline,
+            (s.dongle_reported_offline, s.night.clone()),
             s.events.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
             s.schedule.clone(),
             s.session.as_ref().map(|x| {
@@ -1713,7 +1979,13 @@ fn same_durable_state(a: &State, b: &State) -> bool {
                     x.stop_reason,
                     x.extra_writes.clone(),
                     x.inherited.clone(),
-                    (x.stop_unconfirmed, x.began_charging, x.start_announced),
+                    (
+                        x.stop_unconfirmed,
+                        x.began_charging,
+                        x.start_announced,
+                        x.cheapest,
+                        x.slot_end,
+                    ),
                 )
             }),
         )
@@ -1747,9 +2019,13 @@ fn session_end_events(s: &Session, now: Timestamp) -> Vec<Event> {
         e.energy_wh = s.energy_wh.map(|e| (e * 10.0).round() / 10.0);
         e
     };
-    let mut end = base(kind);
-    end.detail = s.detail.clone();
-    let mut events = vec![end];
+    let mut events = Vec::new();
+    // A cheapest-hours run that reached its slots' end is no news: the charge goes on.
+    if reason != StopReason::SlotEnd {
+        let mut end = base(kind);
+        end.detail = s.detail.clone();
+        events.push(end);
+    }
     if !s.restore_failures.is_empty() {
         let mut e = base(EventKind::RestoreFailed);
         e.detail = Some(format!(
@@ -1759,4 +2035,22 @@ fn session_end_events(s: &Session, now: Timestamp) -> Vec<Event> {
         events.push(e);
     }
     events
+}
+
+/// What a shown plan was made from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PlanKey {
+    from: Timestamp,
+    until: Timestamp,
+    target: u8,
+    soc: Option<u8>,
+    prices: Option<Timestamp>,
+    minute: i64,
+}
+
+fn add_wall(t: Timestamp, d: Duration) -> Timestamp {
+    jiff::SignedDuration::try_from(d)
+        .ok()
+        .and_then(|d| t.checked_add(d).ok())
+        .unwrap_or(t)
 }

@@ -2,6 +2,7 @@
 
 pub mod core;
 pub mod event;
+pub mod night;
 pub mod plan;
 pub mod schedule;
 pub mod session;

@@ -90,6 +90,37 @@ pub struct Schedule {
     #[serde(default)]
     pub last_run: Option<Timestamp>,
     pub created_at: Timestamp,
+    /// `fixed` starts at `time`; `cheapest` charges in the cheapest slots between `time` and
+    /// `ready_by`.
+    #[serde(default, skip_serializing_if = "Strategy::is_fixed")]
+    pub strategy: Strategy,
+    /// With `cheapest`: the local time the target must be reached by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_by: Option<LocalTime>,
+}
+
+/// How a schedule's charge is placed in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// At the start time, until the target (the old backend's behaviour).
+    #[default]
+    Fixed,
+    /// In the cheapest slots between the start time and `ready_by`.
+    Cheapest,
+}
+
+impl Strategy {
+    pub fn is_fixed(&self) -> bool {
+        *self == Strategy::Fixed
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Fixed => "fixed",
+            Strategy::Cheapest => "cheapest",
+        }
+    }
 }
 
 /// What the scheduler must do with a schedule at a given instant.
@@ -145,6 +176,8 @@ impl Schedule {
             next_run,
             last_run: None,
             created_at: now,
+            strategy: Strategy::Fixed,
+            ready_by: None,
         })
     }
 

@@ -181,6 +181,9 @@ pub enum StopReason {
     /// A scheduled occurrence that could not start: the dongle was offline, silent or had
     /// sent no SOC for the whole grace period.
     ChargeFailed,
+    /// A run of a cheapest-hours charge reached the end of its planned slots; the charge goes
+    /// on in the next ones.
+    SlotEnd,
 }
 
 impl StopReason {
@@ -197,6 +200,7 @@ impl StopReason {
             StopReason::Skipped => "skipped",
             StopReason::Missed => "missed",
             StopReason::ChargeFailed => "charge_failed",
+            StopReason::SlotEnd => "slot_end",
         }
     }
 }
@@ -299,6 +303,12 @@ pub struct Session {
     /// The owner has been told the charge began (the event is made once per session).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub start_announced: bool,
+    /// A run of a cheapest-hours charge: its deadline is the run's end.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cheapest: bool,
+    /// That run ends at a slot boundary before the ready-by time (`slot_end`, not `cutoff`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub slot_end: bool,
 
     #[serde(skip)]
     rt: Runtime,
@@ -363,6 +373,8 @@ impl Session {
             stop_unconfirmed: false,
             began_charging: false,
             start_announced: false,
+            cheapest: false,
+            slot_end: false,
             rt: Runtime {
                 params: params.clone(),
                 started: Some(now.mono),
@@ -905,11 +917,15 @@ impl Session {
         // The wall deadline survives restarts; the monotonic one survives the clock being set
         // back while charging. Whichever comes first stops the charge.
         if now.wall >= self.deadline || mono_elapsed.is_some_and(|e| e >= self.rt.params.cutoff) {
-            self.begin_stop(
-                now,
-                StopReason::Cutoff,
-                "the safety cutoff was reached".into(),
-            );
+            let (reason, why) = match (self.cheapest, self.slot_end) {
+                (true, true) => (
+                    StopReason::SlotEnd,
+                    "the planned cheap slots ended; the charge goes on in the next ones",
+                ),
+                (true, false) => (StopReason::Cutoff, "the ready-by time was reached"),
+                _ => (StopReason::Cutoff, "the safety cutoff was reached"),
+            };
+            self.begin_stop(now, reason, why.into());
         }
     }
 

@@ -5,6 +5,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::event::Event;
+use crate::domain::night::Night;
 use crate::domain::schedule::Schedule;
 use crate::domain::session::{Origin, Session, StopReason};
 use crate::domain::units::{Soc, TargetSoc};
@@ -26,6 +27,9 @@ pub struct State {
     /// The owner was told the dongle is offline, and not yet that it is back.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dongle_reported_offline: bool,
+    /// A cheapest-hours charge in progress (between its runs too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub night: Option<Night>,
 }
 
 /// One finished charge, as kept in the history.
@@ -43,6 +47,11 @@ pub struct SessionRecord {
     pub energy_wh: Option<f64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub restore_failures: Vec<String>,
+    /// A cheapest-hours run's cost: its energy at the prices of its time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
 }
 
 impl SessionRecord {
@@ -59,6 +68,8 @@ impl SessionRecord {
             detail: s.detail.clone(),
             energy_wh: s.energy_wh.map(|e| (e * 10.0).round() / 10.0),
             restore_failures: s.restore_failures.clone(),
+            cost: None,
+            currency: None,
         }
     }
 }

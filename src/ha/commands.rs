@@ -95,6 +95,11 @@ fn schedule_change(
     if let Some(days) = current.and_then(|s| s.days) {
         body.insert("days".into(), json!(days.names()));
     }
+    // A cheapest-hours schedule stays one when a control changes another field.
+    if let Some(ready_by) = current.and_then(|s| s.ready_by) {
+        body.insert("strategy".into(), json!("cheapest"));
+        body.insert("ready_by".into(), json!(ready_by.to_string()));
+    }
     body.insert(field.into(), Value::String(value.to_string()));
     let bytes = serde_json::to_vec(&Value::Object(body)).expect("a JSON object always serialises");
     let req = validate::parse_schedule_request(&bytes).map_err(|e| reasons(&e))?;
@@ -118,6 +123,7 @@ fn schedule_change(
         enabled: req.enabled,
         days: req.days,
         first_run,
+        ready_by: req.ready_by,
     }))
 }
 

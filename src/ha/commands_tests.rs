@@ -84,6 +84,7 @@ fn a_target_without_a_schedule_creates_a_disabled_one_from_the_defaults() {
             enabled: false,
             days: None,
             first_run: None,
+            ready_by: None,
         }
     );
 }
@@ -134,6 +135,7 @@ fn each_control_changes_only_its_own_field_of_the_schedule() {
         enabled: true,
         days: Days::from_names(["mon", "fri"]),
         first_run: None,
+        ready_by: None,
     };
     assert_eq!(
         input(run("target_soc", "90", &st)),

@@ -132,6 +132,9 @@ pub enum StopReason {
     /// A scheduled occurrence that could not start: the dongle was offline, silent or had sent
     /// no SOC for the whole 10-minute grace (the detail says which).
     ChargeFailed,
+    /// A run of a cheapest-hours charge reached the end of its planned slots; the charge goes
+    /// on in the next ones.
+    SlotEnd,
 }
 
 impl From<session::StopReason> for StopReason {
@@ -149,6 +152,7 @@ impl From<session::StopReason> for StopReason {
             S::Skipped => StopReason::Skipped,
             S::Missed => StopReason::Missed,
             S::ChargeFailed => StopReason::ChargeFailed,
+            S::SlotEnd => StopReason::SlotEnd,
         }
     }
 }
@@ -207,21 +211,148 @@ pub struct ScheduleResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Vec<Weekday>, required = false)]
     pub days: Option<Vec<Weekday>>,
+    /// `cheapest` for a cheapest-hours schedule; absent for a fixed start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, required = false, example = "cheapest")]
+    pub strategy: Option<&'static str>,
+    /// With `cheapest`: the local time the target is needed by, `HH:MM`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, required = false, example = "07:00")]
+    pub ready_by: Option<String>,
 }
 
 impl ScheduleResponse {
     pub fn of(st: &Status, tz: &TimeZone) -> Option<ScheduleResponse> {
         let s = st.schedule.as_ref()?;
+        let cheapest = s.strategy == crate::domain::schedule::Strategy::Cheapest;
+        // A cheapest schedule's next run is the first planned slot, once there is a plan.
+        let planned = st
+            .plan
+            .as_ref()
+            .filter(|_| cheapest && s.enabled)
+            .and_then(|p| p.plan.runs().first().map(|r| r.0));
         Some(ScheduleResponse {
             target_soc: s.target.get(),
             start_time: s.time.to_string(),
             mode: s.mode.into(),
             enabled: s.enabled,
-            next_run: s.next_run.map(|t| scheduled_stamp(t, tz)),
+            next_run: planned.or(s.next_run).map(|t| scheduled_stamp(t, tz)),
             is_charging: st.is_charging(),
             current_soc: st.soc.map(|s| s.get()),
             days: s.days.map(Weekday::list),
+            strategy: cheapest.then_some("cheapest"),
+            ready_by: s.ready_by.filter(|_| cheapest).map(|t| t.to_string()),
         })
+    }
+}
+
+/// The planned window of a cheapest-hours charge.
+#[derive(Serialize, ToSchema)]
+pub struct PlanWindow {
+    #[schema(example = "2026-01-02T23:00:00")]
+    pub from: String,
+    #[schema(example = "2026-01-03T07:00:00")]
+    pub until: String,
+}
+
+/// One stretch of the window and its price.
+#[derive(Serialize, ToSchema)]
+pub struct PlanSlot {
+    #[schema(example = "2026-01-03T02:00:00")]
+    pub start: String,
+    #[schema(example = "2026-01-03T02:30:00")]
+    pub end: String,
+    /// Currency per kWh; `null` where no price is known.
+    pub price: Option<f64>,
+    /// AC charging is planned in it.
+    pub planned: bool,
+}
+
+/// A point of the expected SOC curve.
+#[derive(Serialize, ToSchema)]
+pub struct SocPoint {
+    #[schema(example = "2026-01-03T02:00:00")]
+    pub at: String,
+    pub soc: f64,
+}
+
+/// `GET /api/charge/plan`: the plan of a cheapest-hours charge (tonight's, or the next one's).
+#[derive(Serialize, ToSchema)]
+pub struct ChargePlan {
+    /// Always `cheapest`.
+    pub strategy: &'static str,
+    pub window: PlanWindow,
+    pub target_soc: u8,
+    pub soc_at_planning: f64,
+    pub energy_needed_kwh: f64,
+    /// The charge power planned with; `null` when unknown (then it charges from the start).
+    pub charge_kw: Option<f64>,
+    /// `config` or `learned` (from past charges).
+    pub charge_kw_source: Option<&'static str>,
+    /// The whole window, in order; `planned` marks the chosen stretches.
+    pub slots: Vec<PlanSlot>,
+    /// What the plan is expected to cost; `null` where prices are missing.
+    pub planned_cost: Option<f64>,
+    /// What charging continuously from `start_time` would cost instead.
+    pub fixed_start_cost: Option<f64>,
+    pub currency: Option<String>,
+    /// E.g. `GBP/kWh`.
+    pub price_unit: Option<String>,
+    pub price_source: Option<String>,
+    /// Naive local, microseconds.
+    pub prices_fetched_at: Option<String>,
+    pub expected_soc: Vec<SocPoint>,
+    /// Whether the target can be reached by `ready_by` at the planned rate.
+    pub feasible: bool,
+    /// `null`, or why the plan is not price-based and what it does instead.
+    pub fallback: Option<String>,
+}
+
+impl ChargePlan {
+    pub fn of(v: &crate::domain::night::PlanView, tz: &TimeZone) -> ChargePlan {
+        let round = |x: f64, places: i32| {
+            let f = 10f64.powi(places);
+            (x * f).round() / f
+        };
+        let p = &v.plan;
+        ChargePlan {
+            strategy: "cheapest",
+            window: PlanWindow {
+                from: scheduled_stamp(p.from, tz),
+                until: scheduled_stamp(p.until, tz),
+            },
+            target_soc: v.target.get(),
+            soc_at_planning: v.soc_at_planning,
+            energy_needed_kwh: round(p.energy_needed_kwh, 2),
+            charge_kw: v.charge_kw,
+            charge_kw_source: v.charge_kw_source,
+            slots: p
+                .slots
+                .iter()
+                .map(|s| PlanSlot {
+                    start: scheduled_stamp(s.start, tz),
+                    end: scheduled_stamp(s.end, tz),
+                    price: s.price,
+                    planned: s.planned,
+                })
+                .collect(),
+            planned_cost: p.planned_cost.map(|c| round(c, 3)),
+            fixed_start_cost: p.fixed_start_cost.map(|c| round(c, 3)),
+            currency: v.currency.clone(),
+            price_unit: v.currency.as_ref().map(|c| format!("{c}/kWh")),
+            price_source: v.price_source.clone(),
+            prices_fetched_at: v.prices_fetched_at.map(|t| now_stamp(t, tz)),
+            expected_soc: p
+                .expected_soc
+                .iter()
+                .map(|(t, soc)| SocPoint {
+                    at: scheduled_stamp(*t, tz),
+                    soc: round(*soc, 1),
+                })
+                .collect(),
+            feasible: p.feasible,
+            fallback: v.fallback.clone(),
+        }
     }
 }
 
@@ -407,6 +538,13 @@ pub struct HistoryEntry {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     #[schema(required = false)]
     pub restore_failures: Vec<String>,
+    /// A cheapest-hours run's cost (its energy at the prices of its time); present only then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false)]
+    pub cost: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false)]
+    pub currency: Option<String>,
 }
 
 impl HistoryEntry {
@@ -422,6 +560,8 @@ impl HistoryEntry {
             detail: r.detail.clone(),
             energy_wh: r.energy_wh,
             restore_failures: r.restore_failures.clone(),
+            cost: r.cost,
+            currency: r.currency.clone(),
         }
     }
 }

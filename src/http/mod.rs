@@ -49,6 +49,9 @@ pub struct ApiState {
     pub telemetry: telemetry::Telemetry,
     /// The app's devices and the notification channels (`/api/device/*`, `/api/notifications`).
     pub notifier: crate::notify::Notifier,
+    /// Why a cheapest-hours schedule cannot be planned here (no battery capacity configured),
+    /// when it cannot.
+    pub cheapest_unavailable: Option<String>,
 }
 
 /// The whole API as a router.
@@ -65,6 +68,7 @@ pub fn router(state: ApiState, cors_origins: &[String], request_timeout: Duratio
         )
         .route("/api/charge/status", get(charge_status))
         .route("/api/charge/history", get(history))
+        .route("/api/charge/plan", get(charge_plan))
         .route("/api/charging/enable", axum::routing::post(charging_enable))
         .route(
             "/api/charging/disable",
@@ -230,6 +234,20 @@ fn presented_key(h: &HeaderMap) -> Option<&str> {
 /// How long health waits for the engine to answer a ping.
 pub const HEALTH_PING: Duration = Duration::from_secs(2);
 
+/// The cheapest-hours plan: tonight's while it runs, else the next night's; `null` without a
+/// cheapest schedule.
+#[utoipa::path(get, path = "/api/charge/plan", tag = "schedule",
+    security((), ("bearer" = []), ("api_key" = [])),
+    responses(
+        (status = 200, description = "The plan, or the JSON literal `null` without a cheapest schedule.",
+            body = Option<dto::ChargePlan>),
+        (status = 401, response = openapi::Unauthorized),
+    ))]
+async fn charge_plan(State(s): State<Arc<ApiState>>) -> Json<Option<dto::ChargePlan>> {
+    let st = s.engine.status();
+    Json(st.plan.as_deref().map(|v| dto::ChargePlan::of(v, &s.tz)))
+}
+
 /// Liveness and the broker connection.
 ///
 /// The engine (which fires the schedule and runs every charge) is asked for a sign of life:
@@ -319,7 +337,17 @@ async fn post_schedule(
         enabled: req.enabled,
         days: req.days,
         first_run,
+        ready_by: req.ready_by,
     };
+    if req.ready_by.is_some()
+        && let Some(why) = &s.cheapest_unavailable
+    {
+        return Err(ApiError::validation(vec![validate::value_error(
+            "strategy",
+            serde_json::json!("cheapest"),
+            why.clone(),
+        )]));
+    }
     let status = s.engine.set_schedule(input).await.map_err(|e| match e {
         CommandError::Schedule(e) => ApiError::validation(vec![validate::value_error(
             "start_time",

@@ -61,6 +61,7 @@ send it from this page. Without a configured key the API is open.";
         super::delete_schedule,
         super::charge_status,
         super::history,
+        super::charge_plan,
         super::charging_enable,
         super::charging_disable,
         super::charging_status,

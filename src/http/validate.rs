@@ -11,6 +11,7 @@
 use serde_json::{Map, Value, json};
 use utoipa::ToSchema;
 
+use crate::domain::schedule::Strategy;
 use crate::domain::units::{Days, LocalTime, Mode, TargetSoc};
 
 // An entry of FastAPI's `{"detail": [...]}`. The fields are in alphabetical order: the answer
@@ -108,6 +109,15 @@ pub struct ScheduleRequest {
     /// Weekdays a recurring schedule runs on; absent or `null` = every day. At least one day.
     #[schema(value_type = Option<Vec<crate::http::dto::Weekday>>, min_items = 1, example = json!(["mon", "wed", "fri"]))]
     pub days: Option<Days>,
+    /// `fixed` (the default) starts at `start_time`; `cheapest` charges in the cheapest slots
+    /// between `start_time` and `ready_by` (needs `battery.capacity_kwh` and a `tariff:` in
+    /// the config).
+    #[schema(value_type = Option<String>, pattern = "^(fixed|cheapest)$", required = false, example = "cheapest")]
+    pub strategy: Strategy,
+    /// With `cheapest`, required: the local time (`HH:MM`) the target must be reached by, the
+    /// next such time after `start_time`. Must differ from `start_time`.
+    #[schema(value_type = Option<String>, pattern = "^([01][0-9]|2[0-3]):[0-5][0-9]$", required = false, example = "07:00")]
+    pub ready_by: Option<LocalTime>,
 }
 
 /// The body of `POST /api/charging/enable`.
@@ -147,19 +157,50 @@ pub fn parse_schedule_request(body: &[u8]) -> Result<ScheduleRequest, Vec<FieldE
             None
         }
     };
-
-    match (target_soc, start_time, mode, enabled, days) {
-        (Some(target_soc), Some(start_time), Some(mode), Some(enabled), Some(days))
-            if errors.is_empty() =>
-        {
-            Ok(ScheduleRequest {
-                target_soc,
-                start_time,
-                mode,
-                enabled,
-                days,
-            })
+    let strategy = optional(
+        &body,
+        "strategy",
+        check_strategy,
+        Strategy::Fixed,
+        &mut errors,
+    );
+    let ready_by = match body.get("ready_by") {
+        None | Some(Value::Null) => Some(None),
+        Some(v) => report("ready_by", v, check_hhmm(v), &mut errors).map(Some),
+    };
+    if strategy == Some(Strategy::Cheapest) {
+        match (&ready_by, &start_time) {
+            (Some(None), _) => errors.push(missing(field_loc("ready_by"), Value::Object(body.clone()))),
+            (Some(Some(r)), Some(StartTime::Daily(t))) if r == t => errors.push(value_error(
+                "ready_by",
+                json!(r.to_string()),
+                "ready_by must differ from start_time: it is the time the target is needed by, after the earliest start",
+            )),
+            _ => {}
         }
+    }
+
+    match (
+        target_soc, start_time, mode, enabled, days, strategy, ready_by,
+    ) {
+        (
+            Some(target_soc),
+            Some(start_time),
+            Some(mode),
+            Some(enabled),
+            Some(days),
+            Some(strategy),
+            Some(ready_by),
+        ) if errors.is_empty() => Ok(ScheduleRequest {
+            target_soc,
+            start_time,
+            mode,
+            enabled,
+            days,
+            strategy,
+            // A fixed start has no deadline to keep.
+            ready_by: ready_by.filter(|_| strategy == Strategy::Cheapest),
+        }),
         _ => Err(errors),
     }
 }
@@ -521,6 +562,31 @@ fn check_start_time(value: &Value) -> Result<StartTime, Problem> {
         format!("String should match pattern '{HHMM_PATTERN}'"),
         Some(json!({ "pattern": HHMM_PATTERN })),
     ))
+}
+
+fn check_strategy(value: &Value) -> Result<Strategy, Problem> {
+    match value.as_str() {
+        Some("fixed") => Ok(Strategy::Fixed),
+        Some("cheapest") => Ok(Strategy::Cheapest),
+        _ => Err((
+            "literal_error",
+            "Input should be 'fixed' or 'cheapest'".into(),
+            Some(json!({ "expected": "'fixed' or 'cheapest'" })),
+        )),
+    }
+}
+
+fn check_hhmm(value: &Value) -> Result<LocalTime, Problem> {
+    let Value::String(s) = value else {
+        return Err(problem("string_type", "Input should be a valid string"));
+    };
+    LocalTime::parse_hhmm(s).ok_or_else(|| {
+        (
+            "string_pattern_mismatch",
+            format!("String should match pattern '{HHMM_PATTERN}'"),
+            Some(json!({ "pattern": HHMM_PATTERN })),
+        )
+    })
 }
 
 fn check_mode(value: &Value) -> Result<Mode, Problem> {

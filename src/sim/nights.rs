@@ -369,6 +369,7 @@ impl World {
             tz: tz.clone(),
             check_interval: defaults.soc_check_interval,
             soc_rule: defaults.soc_rule,
+            battery: Default::default(),
         };
         let end = mono0 + cutoff + Duration::from_secs(6 * 3600);
         let mut w = World {
@@ -465,6 +466,7 @@ impl World {
             enabled: true,
             days: None,
             first_run: None,
+            ready_by: None,
         };
         let set_at = at(&mut self.rng, 60);
         self.actions.push((set_at, Action::SetSchedule(input)));
@@ -484,6 +486,7 @@ impl World {
                     enabled: self.rng.random_bool(0.8),
                     days: None,
                     first_run: None,
+                    ready_by: None,
                 }),
                 3 => Action::Crash {
                     down: Duration::from_secs(self.rng.random_range(1..600)),

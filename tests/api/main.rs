@@ -7,6 +7,7 @@ mod hooks_stand_in;
 
 mod apns;
 mod charging;
+mod cheapest;
 mod contract;
 mod demo;
 mod demo_command;

@@ -84,6 +84,7 @@ impl Rig {
             tz: tz(),
             check_interval: Duration::from_secs(30),
             soc_rule: SocRule::default(),
+            battery: Default::default(),
         };
         let wall = local("2026-01-15T01:00");
         let mut rig = Rig {
@@ -236,6 +237,7 @@ fn once_at(t: &str, soc: u8) -> ScheduleInput {
         enabled: true,
         days: None,
         first_run: None,
+        ready_by: None,
     }
 }
 
@@ -781,4 +783,127 @@ fn a_lost_broker_is_told_as_the_dongle_unreachable() {
         kinds(&rig),
         [EventKind::DongleOffline, EventKind::DongleOnline]
     );
+}
+
+// ---- cheapest hours -------------------------------------------------------------------------
+
+fn cheapest_rig(soc: u8) -> Rig {
+    use crate::domain::night::{Battery, PriceBook};
+    use crate::domain::plan::PriceSlot;
+    let mut rig = Rig::with_soc(soc);
+    rig.core.cfg.battery = Battery {
+        capacity_kwh: Some(10.0),
+        charge_kw: Some(6.0),
+        learned_kw: None,
+    };
+    // Dear until 03:00, cheap 03:00-04:00, dear after.
+    let slot = |from: &str, to: &str, price| PriceSlot {
+        start: local(from),
+        end: local(to),
+        price,
+    };
+    let slots = vec![
+        slot("2026-01-15T00:00", "2026-01-15T03:00", 0.30),
+        slot("2026-01-15T03:00", "2026-01-15T04:00", 0.05),
+        slot("2026-01-15T04:00", "2026-01-15T12:00", 0.30),
+    ];
+    rig.feed(Input::Prices(Some(PriceBook {
+        source: "fixed".into(),
+        currency: "GBP".into(),
+        fetched_at: local("2026-01-15T00:00"),
+        slots: std::sync::Arc::new(slots),
+        problem: None,
+    })));
+    rig
+}
+
+fn cheapest_at(t: &str, ready_by: &str, soc: u8) -> ScheduleInput {
+    ScheduleInput {
+        ready_by: Some(LocalTime::parse_hhmm(ready_by).unwrap()),
+        ..once_at(t, soc)
+    }
+}
+
+#[test]
+fn a_cheapest_night_waits_for_its_slot_then_charges_as_one_session_and_tells_it_once() {
+    let mut rig = cheapest_rig(50);
+    rig.schedule(cheapest_at("01:30", "06:00", 60));
+    rig.advance(30 * MIN);
+    assert!(
+        rig.core.session().is_none(),
+        "the night has begun; no run yet"
+    );
+    assert!(rig.core.night.is_some());
+    let plan = rig.core.status().plan.clone().unwrap();
+    assert_eq!(plan.plan.runs()[0].0, local("2026-01-15T03:00"));
+    for _ in 0..89 {
+        rig.advance(MIN);
+        assert!(rig.core.session().is_none());
+    }
+    rig.advance(MIN); // 03:00
+    assert!(rig.core.session().is_some_and(|s| s.cheapest));
+    rig.answer_snapshot();
+    rig.confirm_writes();
+    for soc in [52, 54, 56, 58, 60] {
+        rig.advance(2 * MIN);
+        rig.telemetry(soc);
+    }
+    rig.confirm_writes();
+    assert!(rig.core.session().is_none());
+    assert_eq!(rig.history[0].stop_reason, Some(StopReason::TargetReached));
+    assert_eq!(rig.history[0].currency.as_deref(), Some("GBP"));
+    rig.advance(MIN);
+    assert!(rig.core.night.is_none(), "done at the target");
+    assert_eq!(
+        kinds(&rig),
+        [EventKind::ChargeStarted, EventKind::ChargeComplete]
+    );
+}
+
+#[test]
+fn a_cheapest_night_already_at_the_target_is_skipped() {
+    let mut rig = cheapest_rig(70);
+    rig.schedule(cheapest_at("01:30", "06:00", 60));
+    rig.advance(30 * MIN);
+    assert!(rig.core.night.is_none());
+    assert_eq!(rig.history[0].stop_reason, Some(StopReason::Skipped));
+}
+
+#[test]
+fn stopping_between_the_runs_calls_the_night_off() {
+    let mut rig = cheapest_rig(50);
+    rig.schedule(ScheduleInput {
+        mode: Mode::Recurring,
+        ..cheapest_at("01:30", "06:00", 60)
+    });
+    rig.advance(30 * MIN);
+    assert!(rig.core.night.is_some());
+    rig.command(Command::StopCharge);
+    assert!(rig.core.night.is_none());
+    for _ in 0..120 {
+        rig.advance(MIN);
+    }
+    assert!(rig.core.session().is_none(), "no run after the stop");
+    assert!(
+        rig.core.schedule().is_some(),
+        "the schedule stays for tomorrow"
+    );
+}
+
+#[test]
+fn a_run_ended_by_a_fault_ends_the_night_and_is_told() {
+    let mut rig = cheapest_rig(50);
+    rig.schedule(cheapest_at("01:30", "06:00", 60));
+    rig.advance(30 * MIN);
+    for _ in 0..90 {
+        rig.advance(MIN);
+    }
+    rig.answer_snapshot();
+    rig.confirm_writes();
+    // The dongle goes silent mid-run: the stale stop ends the run, and the night with it.
+    rig.advance_quiet(ChargeParams::default().stale_after + SEC);
+    rig.confirm_writes();
+    assert!(rig.core.session().is_none());
+    assert!(rig.core.night.is_none());
+    assert!(kinds(&rig).contains(&EventKind::ChargeStopped));
 }

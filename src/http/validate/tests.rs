@@ -451,6 +451,8 @@ fn a_minimal_schedule_gets_the_defaults() {
             mode: Mode::Recurring,
             enabled: true,
             days: None,
+            strategy: crate::domain::schedule::Strategy::Fixed,
+            ready_by: None,
         }
     );
 }
