@@ -50,6 +50,9 @@ const SOC_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 /// owner is told: a WiFi blip or a broker restart is not news.
 pub const DONGLE_OFFLINE_DEBOUNCE: Duration = Duration::from_secs(60);
 
+/// A cheapest-hours run shorter than this is not started: its writes would take much of it.
+const MIN_RUN_S: i64 = 120;
+
 /// What the core needs from config.
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
@@ -418,6 +421,10 @@ pub struct EngineCore {
     booted_at: Option<Duration>,
     /// A cheapest-hours charge in progress.
     night: Option<Night>,
+    /// The latest start of any session, and how many ids were made unique after the clock went
+    /// back (see [`EngineCore::unique_id`]).
+    last_session_start: Option<Timestamp>,
+    session_seq: u64,
     /// When the night's next run begins (or its ready-by time).
     night_wake: Option<Timestamp>,
     prices: Option<PriceBook>,
@@ -462,6 +469,8 @@ impl EngineCore {
             offline_said_since: None,
             booted_at: None,
             night: state.night,
+            last_session_start: state.last_session_start,
+            session_seq: state.session_seq,
             night_wake: None,
             prices: None,
             plan_key: None,
@@ -483,6 +492,11 @@ impl EngineCore {
     /// The running session, if any (for the driver's logs and for checks).
     pub fn session(&self) -> Option<&Session> {
         self.session.as_ref()
+    }
+
+    /// The cheapest-hours charge in progress, if any.
+    pub fn night(&self) -> Option<&Night> {
+        self.night.as_ref()
     }
 
     pub fn schedule(&self) -> Option<&Schedule> {
@@ -922,6 +936,12 @@ impl EngineCore {
         );
         match night::decide(&view, now.wall, night.ready_by) {
             Decision::Wait { until } => self.night_wake = Some(until),
+            Decision::Charge { until }
+                if until.duration_since(now.wall) < jiff::SignedDuration::from_secs(MIN_RUN_S) =>
+            {
+                // Too little of the stretch is left to be worth the writes of a run.
+                self.night_wake = Some(until);
+            }
             Decision::Charge { until } => {
                 if let Some(why) = self.dongle_problem(now) {
                     warn!("the cheapest-hours run waits for the dongle: {why}");
@@ -933,17 +953,33 @@ impl EngineCore {
         }
     }
 
+    /// A session's id is its start time; after the clock was set back, that time may have been
+    /// another session's already, and its events (named after it) would be taken for repeats.
+    fn unique_id(&mut self, s: &mut Session) {
+        if self
+            .last_session_start
+            .is_some_and(|last| s.started_at <= last)
+        {
+            self.session_seq += 1;
+            s.id = format!("{}-{}", s.id, self.session_seq);
+        }
+        self.last_session_start = Some(
+            self.last_session_start
+                .map_or(s.started_at, |l| l.max(s.started_at)),
+        );
+    }
+
     /// Starts one run of the night: an ordinary charge whose cutoff is the run's end.
     fn start_run(&mut self, mut night: Night, until: Timestamp, now: Now, fx: &mut Vec<Effect>) {
         let len = Duration::try_from(until.duration_since(now.wall))
             .unwrap_or(Duration::ZERO)
-            .min(self.cfg.params.cutoff)
-            .max(Duration::from_secs(60));
+            .min(self.cfg.params.cutoff);
         let mut params = self.cfg.params.clone();
         params.cutoff = len;
         let soc = self.status.soc;
         info!(target = %night.target, %until, run = night.runs + 1, soc = ?soc.map(Soc::get), "cheapest-hours run starts");
         let mut session = Session::new(Origin::Schedule, night.target, now, &params, soc);
+        self.unique_id(&mut session);
         session.cheapest = true;
         session.slot_end = session.deadline < night.ready_by;
         session.start_announced = night.announced;
@@ -1211,6 +1247,7 @@ impl EngineCore {
         let soc = self.status.soc;
         info!(?origin, %target, soc = ?soc.map(Soc::get), cutoff_h = self.cfg.params.cutoff.as_secs_f64() / 3600.0, "starting a charge");
         let mut session = Session::new(origin, target, now, &self.cfg.params, soc);
+        self.unique_id(&mut session);
         if self.ac_maybe_left_on {
             // What it finds on may be an earlier charge's leftover: it ends with AC off.
             let mut owner = Settings::new();
@@ -1896,6 +1933,8 @@ impl EngineCore {
             events: self.events.clone(),
             dongle_reported_offline: self.dongle_reported_offline,
             night: self.night.clone(),
+            last_session_start: self.last_session_start,
+            session_seq: self.session_seq,
         }
     }
 
@@ -1963,7 +2002,12 @@ fn same_durable_state(a: &State, b: &State) -> bool {
     let key = |s: &State| {
         (
             s.ac_maybe_left_on,
-            (s.dongle_reported_offline, s.night.clone()),
+            (
+                s.dongle_reported_offline,
+                s.night.clone(),
+                s.last_session_start,
+                s.session_seq,
+            ),
             s.events.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
             s.schedule.clone(),
             s.session.as_ref().map(|x| {

@@ -30,6 +30,16 @@ pub struct State {
     /// A cheapest-hours charge in progress (between its runs too).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub night: Option<Night>,
+    /// The latest start of any charge session, and how many session ids had to be made unique
+    /// after the clock was set back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_session_start: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub session_seq: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One finished charge, as kept in the history.

@@ -26,6 +26,8 @@ use crate::domain::core::{
     Command, CoreConfig, DongleInput, Effect, EngineCore, Input, RequestId, ScheduleInput,
 };
 use crate::domain::event::{Event, EventKind};
+use crate::domain::night::{Battery, PriceBook};
+use crate::domain::plan::PriceSlot;
 use crate::domain::schedule::{MISSED_GRACE, next_occurrence};
 use crate::domain::session::{
     AC_CHARGE, ChargeParams, Now, Origin, Phase, Sabotage, Session, StopReason, Write, WriteResult,
@@ -218,6 +220,8 @@ struct World {
     outbox: Vec<Event>,
     /// The ids of every occurrence record (missed, skipped, could not start).
     occurrence_ids: Vec<String>,
+    /// Charges that were cheapest-hours runs ending at their slots' end.
+    slot_end_ids: HashSet<String>,
     /// Messages between the broker and its clients, by delivery instant (in order per peer).
     wire: Vec<InFlight>,
     last_at: [Duration; 2],
@@ -244,6 +248,12 @@ struct World {
     consumed: HashMap<usize, Timestamp>,
     /// The session as last seen, to judge it when its record comes.
     last_session: Option<Session>,
+    /// Prices the feed hands the core at every start (None: a night without prices).
+    prices: Option<PriceBook>,
+    /// The owner's schedule is a cheapest-hours one, ready this many hours after its start.
+    ready_by_hours: Option<i64>,
+    /// The occurrence of the last cheapest night seen to begin.
+    last_night: Option<Timestamp>,
     /// The SOC the battery truly had when the last session began.
     start_soc: u8,
     /// AC charging as the owner (or another app) wants it when no charge runs.
@@ -364,12 +374,46 @@ impl World {
             sabotage,
             ..ChargeParams::default()
         };
+        // Cheapest hours from a generator of its own, so that the rest of each night is as
+        // it was drawn before: the planner's idea of the charge power is off by up to 40 %
+        // (re-planning must catch a slow charge), and most nights have prices.
+        let mut extra = ChaCha8Rng::seed_from_u64(seed ^ 0x00C4_EA9E_57C4_EA9E);
+        let battery = Battery {
+            capacity_kwh: Some(capacity / 1000.0),
+            charge_kw: Some(power / 1000.0 * extra.random_range(0.6..1.4)),
+            learned_kw: None,
+        };
+        let prices = extra.random_bool(0.8).then(|| {
+            let mut slots = Vec::new();
+            let mut t = evening - SignedDuration::from_hours(2);
+            let mut price: f64 = extra.random_range(0.05..0.4);
+            while t < evening + SignedDuration::from_hours(40) {
+                let end = t + SignedDuration::from_mins(30);
+                price = (price + extra.random_range(-0.08..0.08)).clamp(-0.05, 0.6);
+                slots.push(PriceSlot {
+                    start: t,
+                    end,
+                    price,
+                });
+                t = end;
+            }
+            PriceBook {
+                source: "sim".into(),
+                currency: "GBP".into(),
+                fetched_at: evening,
+                slots: std::sync::Arc::new(slots),
+                problem: None,
+            }
+        });
+        let ready_by_hours = extra
+            .random_bool(0.35)
+            .then(|| extra.random_range(1..=9_i64));
         let cfg = CoreConfig {
             params,
             tz: tz.clone(),
             check_interval: defaults.soc_check_interval,
             soc_rule: defaults.soc_rule,
-            battery: Default::default(),
+            battery,
         };
         let end = mono0 + cutoff + Duration::from_secs(6 * 3600);
         let mut w = World {
@@ -405,6 +449,7 @@ impl World {
             outbox_ids: HashSet::new(),
             outbox: Vec::new(),
             occurrence_ids: Vec::new(),
+            slot_end_ids: HashSet::new(),
             wire: Vec::new(),
             last_at: [Duration::ZERO; 2],
             retained: BTreeMap::new(),
@@ -423,6 +468,9 @@ impl World {
             once_fires: HashMap::new(),
             consumed: HashMap::new(),
             last_session: None,
+            prices,
+            ready_by_hours,
+            last_night: None,
             start_soc: 0,
             ac_wanted: ac_before.into(),
             charges: 0,
@@ -466,7 +514,12 @@ impl World {
             enabled: true,
             days: None,
             first_run: None,
-            ready_by: None,
+            ready_by: self.ready_by_hours.map(|h| {
+                let r = time
+                    .checked_add(SignedDuration::from_hours(h))
+                    .expect("ready by");
+                LocalTime::new(r.hour() as u8, r.minute() as u8).expect("time")
+            }),
         };
         let set_at = at(&mut self.rng, 60);
         self.actions.push((set_at, Action::SetSchedule(input)));
@@ -924,6 +977,7 @@ impl World {
         self.write_pending = None;
         self.stopping = false;
         self.feed(Input::Boot { connected: false });
+        self.feed(Input::Prices(self.prices.clone()));
         self.service_connect();
     }
 
@@ -1141,6 +1195,9 @@ impl World {
                         self.pending_violation.get_or_insert(v);
                     }
                     self.charge_ids.insert(r.id.clone());
+                    if r.stop_reason == Some(StopReason::SlotEnd) {
+                        self.slot_end_ids.insert(r.id.clone());
+                    }
                     if r.restore_failures.iter().any(|f| f.starts_with(AC_CHARGE)) {
                         // The history says AC charging was not put back: from here the
                         // owner's wish is unknown to the service until someone sets it again.
@@ -1226,12 +1283,33 @@ impl World {
             .is_some_and(|l| l.active_target().is_some());
         let core_has_active_session = core.session().is_some_and(|s| s.active_target().is_some());
         let mut fired = None;
+        let night = core.night().cloned();
+        let night_began = night
+            .as_ref()
+            .filter(|n| self.last_night != Some(n.occurrence))
+            .map(|n| n.occurrence);
+        // A run never reaches past the ready-by time (its cutoff, checked as every charge's
+        // is, then stops it in time).
+        if let Some(n) = &night
+            && let Some(s) = core.session().filter(|s| s.cheapest)
+            && s.deadline > n.ready_by
+        {
+            self.pending_violation.get_or_insert(Violation {
+                invariant: "cheapest-charges-within-its-window",
+                detail: format!(
+                    "run {} may charge until {}, after the ready-by time {}",
+                    s.id, s.deadline, n.ready_by
+                ),
+            });
+        }
         if let Some(s) = core.session() {
             let new = self.last_session.as_ref().is_none_or(|l| l.id != s.id);
             if new {
                 self.ac_change_unreported = false;
                 self.start_soc = self.dongle.inverter().reported_soc();
+                // A cheapest-hours run is not a firing: its night was, when it began.
                 if s.origin == Origin::Schedule
+                    && !s.cheapest
                     && let Some(sched) = core.schedule()
                 {
                     fired = Some((sched.last_run.unwrap_or(Timestamp::MIN), sched.mode));
@@ -1271,6 +1349,10 @@ impl World {
         {
             self.outcome(instance, last, "joined the running charge");
         }
+        if let Some(occurrence) = night_began {
+            self.last_night = Some(occurrence);
+            self.outcome(instance, occurrence, "began a cheapest-hours night");
+        }
         if let Some((occurrence, mode)) = fired {
             self.outcome(instance, occurrence, "started a charge");
             if mode == Mode::Once {
@@ -1285,6 +1367,11 @@ impl World {
             }
         }
         for r in std::mem::take(&mut self.new_records) {
+            if self.last_night == Some(r.started_at) {
+                // How a cheapest night that had begun ended (nothing left to charge, or the
+                // target not reached by its ready-by time): the same outcome, not another.
+                continue;
+            }
             if r.stop_reason == Some(StopReason::Missed) {
                 self.missed.push((instance, r.started_at, r.ended_at));
             } else {
@@ -1305,8 +1392,6 @@ impl World {
         }
     }
 
-    /// Every occurrence of a recurring schedule the running service lived past has exactly
-    /// one outcome: a charge, a skip or a recorded miss.
     /// The owner is told of every charge and every occurrence record exactly once: each has
     /// one event that ends it, in the outbox or still in the state file to be handed over at
     /// the next start; none is told twice under different ids.
@@ -1325,7 +1410,12 @@ impl World {
             EventKind::ChargeSkipped,
             EventKind::ScheduleMissed,
         ];
-        let mut ids: Vec<&String> = self.charge_ids.iter().collect();
+        // A cheapest-hours run that reached its slots' end is told by how its night ends.
+        let mut ids: Vec<&String> = self
+            .charge_ids
+            .iter()
+            .filter(|id| !self.slot_end_ids.contains(*id))
+            .collect();
         ids.sort();
         for id in ids.into_iter().chain(self.occurrence_ids.iter()) {
             let mut kinds: Vec<EventKind> = told
@@ -1347,6 +1437,8 @@ impl World {
         None
     }
 
+    /// Every occurrence of a recurring schedule the running service lived past has exactly
+    /// one outcome: a charge, a skip or a recorded miss.
     fn judge_occurrences(&self) -> Option<Violation> {
         let settle = SignedDuration::try_from(MISSED_GRACE + SEC).expect("grace");
         for (idx, inst) in self.instances.iter().enumerate() {
