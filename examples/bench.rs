@@ -1283,6 +1283,7 @@ fn startup_runs(opts: &Opts, broker_port: u16, table: &mut Table) -> anyhow::Res
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
+    solar_charging_backend::notify::https::install_default_provider();
     let opts = Opts::parse()?;
     let began = Instant::now();
     let broker = solar_charging_backend::sim::broker::start_embedded_broker(0)?;
