@@ -20,6 +20,7 @@ use crate::engine::{self, EngineConfig, EngineHandle};
 use crate::http::{self, ApiState};
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::tariff::PriceFeed;
 
 /// How long the parts other than the engine may take to stop, once the engine has.
 pub const SHUTDOWN_LIMIT: Duration = Duration::from_secs(5);
@@ -181,12 +182,13 @@ fn battery(config: &Config, store: &Store) -> crate::domain::night::Battery {
     }
 }
 
-/// Why `strategy: cheapest` cannot be planned with this config, if it cannot.
-fn cheapest_unavailable(config: &Config) -> Option<String> {
+/// Why `strategy: cheapest` cannot be planned with this config, if it cannot. `has_prices`:
+/// the caller hands in prices of its own ([`Extras::prices`]), so no `tariff:` is needed.
+fn cheapest_unavailable(config: &Config, has_prices: bool) -> Option<String> {
     if config.battery.capacity_kwh.is_none() {
         return Some("cheapest hours needs the battery's usable capacity: set battery.capacity_kwh in config.yaml".into());
     }
-    if config.tariff.is_none() {
+    if config.tariff.is_none() && !has_prices {
         return Some("cheapest hours needs prices: set a tariff: source in config.yaml (a dynamic tariff, or a fixed time-of-use table)".into());
     }
     None
@@ -223,12 +225,30 @@ pub fn dongle_settings(config: &Config) -> DongleSettings {
     }
 }
 
+/// What a caller may hand the service instead of what the config would make.
+#[derive(Debug, Default)]
+pub struct Extras {
+    /// Prices to plan with instead of a feed spawned from `tariff:` (the demo's sample day).
+    pub prices: Option<PriceFeed>,
+}
+
 /// Starts the service. `listener` is bound by the caller (port 0 in tests).
 pub async fn start(
     config: &Config,
     data_dir: &Path,
     clock: Clock,
     listener: TcpListener,
+) -> anyhow::Result<App> {
+    start_with(config, data_dir, clock, listener, Extras::default()).await
+}
+
+/// [`start`] with [`Extras`].
+pub async fn start_with(
+    config: &Config,
+    data_dir: &Path,
+    clock: Clock,
+    listener: TcpListener,
+    extras: Extras,
 ) -> anyhow::Result<App> {
     let metrics = Metrics::new();
     let store = Store::open(data_dir)
@@ -257,7 +277,9 @@ pub async fn start(
     let mqtt_connected = dongle.connected();
     let notifier = crate::notify::Notifier::new(config, store.clone(), clock.now());
     let battery = battery(config, &store);
-    let prices = config.tariff.as_ref().and_then(|t| {
+    let has_prices = extras.prices.is_some();
+    let prices = extras.prices.or_else(|| {
+        let t = config.tariff.as_ref()?;
         crate::tariff::feed::spawn(
             t,
             config.timezone.clone(),
@@ -308,7 +330,7 @@ pub async fn start(
         clock: clock.clone(),
         metrics: metrics.clone(),
         notifier: notifier.clone(),
-        cheapest_unavailable: cheapest_unavailable(config),
+        cheapest_unavailable: cheapest_unavailable(config, has_prices),
     };
     let router = http::router(api, &config.server.cors_origins, Duration::from_secs(120));
     let addr = listener.local_addr()?;

@@ -113,6 +113,14 @@ pub enum FaultArg {
     Garbage,
 }
 
+/// Where the demo's prices come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PricesArg {
+    /// A bundled day of half-hourly prices in GBP/kWh, compressed by `--speed` like the physics,
+    /// with a cheapest-hours schedule over it.
+    Sample,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
     /// HTTP port for the API and dashboard.
@@ -143,6 +151,10 @@ pub struct DemoArgs {
     /// Send the demo's notifications to this webhook too (repeatable).
     #[arg(long, value_name = "URL")]
     pub webhook: Vec<String>,
+    /// Plan with prices: `sample` runs a day of prices at demo speed and sets a cheapest-hours
+    /// schedule over it (80 % by the day's end), to watch on the dashboard.
+    #[arg(long, value_enum)]
+    pub prices: Option<PricesArg>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -251,6 +263,27 @@ mod tests {
         );
         let both = demo_dir(&["demo", "--demo-data", "a", "--data-dir", "b"]).unwrap_err();
         assert!(both.to_string().contains("--demo-data"), "{both}");
+    }
+
+    #[test]
+    fn demo_prices_takes_sample_and_nothing_else() {
+        let prices = |args: &[&str]| {
+            Cli::try_from_args(
+                ["solar-charging-backend", "demo"]
+                    .into_iter()
+                    .chain(args.iter().copied()),
+            )
+            .map(|cli| match cli.command {
+                Some(Command::Demo(d)) => d.prices,
+                other => panic!("not a demo: {other:?}"),
+            })
+        };
+        assert_eq!(prices(&[]).unwrap(), None);
+        assert_eq!(
+            prices(&["--prices", "sample"]).unwrap(),
+            Some(PricesArg::Sample)
+        );
+        assert!(prices(&["--prices", "agile"]).is_err());
     }
 
     #[test]

@@ -7,12 +7,15 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use jiff::tz::TimeZone;
+use jiff::{SignedDuration, Timestamp};
 use tracing::{info, warn};
 
 use crate::app;
-use crate::cli::{DemoArgs, DiscoverArgs, FaultArg, FirmwareArg, SimulateArgs};
+use crate::cli::{DemoArgs, DiscoverArgs, FaultArg, FirmwareArg, PricesArg, SimulateArgs};
 use crate::clock::Clock;
 use crate::config::{self, ConfigError, EnvOverrides, LogFormat, LoggingConfig};
+use crate::domain::units::TargetSoc;
 use crate::dongle::discover;
 use crate::logging;
 use crate::sim;
@@ -62,7 +65,127 @@ pub struct Demo {
     pub data_dir: PathBuf,
     /// The config the demo's service runs with (its charging timeouts scaled by `--speed`).
     pub config: config::Config,
+    /// With `--prices sample`: the sample day and the cheapest-hours schedule set over it.
+    pub cheapest: Option<DemoCheapest>,
     _tmp: Option<tempfile::TempDir>,
+}
+
+/// The demo's day of prices (`--prices sample`) and the cheapest-hours schedule over it.
+///
+/// The physics runs `--speed` times faster than the wall clock while schedules keep to the
+/// wall clock (in whole minutes), so the day is compressed as much: 48 slots of 30 min /
+/// speed from the current minute. It begins at the sample's 16:00, with the evening peak, so
+/// that the night's trough lies inside the window and charging at the start would be the dear
+/// choice. The planner's charge power is multiplied by the speed too, so that a plan's hours
+/// are the compressed ones (and its energy and costs those of the real battery).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DemoCheapest {
+    /// The sample day, slot after slot.
+    pub slots: Vec<crate::tariff::PriceSlot>,
+    /// The length of each slot.
+    pub slot: Duration,
+    /// The schedule's start time: the next minute.
+    pub start: Timestamp,
+    /// When the target must be reached: the end of the day rounded up to a minute, at most
+    /// 23 hours ahead (as the service reads the schedule's `ready_by`).
+    pub ready_by: Timestamp,
+    pub target: TargetSoc,
+    /// The simulated battery's usable capacity.
+    pub capacity_kwh: f64,
+    /// The planner's charge power: the simulated inverter's, times the speed.
+    pub charge_kw: f64,
+}
+
+impl DemoCheapest {
+    /// The target of the demo's cheapest-hours schedule.
+    pub const TARGET: u8 = 80;
+    /// The sample's half hour the demo's day begins at (16:00, the evening peak).
+    pub const FIRST_HALF_HOUR: usize = crate::tariff::sample::PEAK.start;
+    /// The longest the demo's schedule looks ahead.
+    pub const MAX_AHEAD: SignedDuration = SignedDuration::from_hours(23);
+
+    /// The day and the schedule for a demo started at `now` at `speed`, for the simulated
+    /// battery `sim`, with schedule times in `tz`.
+    pub fn new(
+        now: Timestamp,
+        speed: f64,
+        sim: &sim::dongle::SimConfig,
+        tz: &TimeZone,
+    ) -> DemoCheapest {
+        let minute = SignedDuration::from_mins(1);
+        let this_minute =
+            Timestamp::from_second(now.as_second().div_euclid(60) * 60).unwrap_or(now);
+        // Whole milliseconds, at least one: exact at the usual speeds (30 s at 60x).
+        let slot = Duration::from_millis(((1_800_000.0 / speed).round() as u64).max(1));
+        let slots =
+            crate::tariff::sample::sample_day_from(this_minute, slot, Self::FIRST_HALF_HOUR);
+        let day_end = slots.last().map_or(this_minute, |s| s.end);
+        let start = this_minute + minute;
+        let rounded_up = Timestamp::from_second(day_end.as_second().div_euclid(60) * 60)
+            .map(|t| if t < day_end { t + minute } else { t })
+            .unwrap_or(day_end);
+        let mut ready = rounded_up
+            .min(this_minute + Self::MAX_AHEAD)
+            .max(start + minute);
+        // Across a change to summer time 23 hours can end at the start's time of day, which
+        // would be no window at all.
+        if local_time(ready, tz) == local_time(start, tz) {
+            ready -= SignedDuration::from_hours(1);
+        }
+        DemoCheapest {
+            slots,
+            slot,
+            start,
+            ready_by: crate::domain::night::ready_by_after(start, local_time(ready, tz), tz),
+            target: TargetSoc::new(Self::TARGET).expect("a valid target"),
+            capacity_kwh: sim.capacity_wh / 1000.0,
+            charge_kw: sim.max_charge_w / 1000.0 * speed,
+        }
+    }
+
+    /// The day's prices as a feed publishes them.
+    pub fn prices(&self, fetched_at: Timestamp) -> crate::tariff::Prices {
+        crate::tariff::Prices {
+            source: "sample".into(),
+            currency: "GBP".into(),
+            fetched_at,
+            slots: std::sync::Arc::new(self.slots.clone()),
+            last_error: None,
+        }
+    }
+
+    /// The schedule: once, from the next minute, the target by `ready_by`.
+    pub fn schedule(&self, tz: &TimeZone) -> crate::engine::ScheduleInput {
+        crate::engine::ScheduleInput {
+            target: self.target,
+            time: local_time(self.start, tz),
+            mode: crate::domain::units::Mode::Once,
+            enabled: true,
+            days: None,
+            first_run: Some(self.start),
+            ready_by: Some(local_time(self.ready_by, tz)),
+        }
+    }
+
+    /// Whether a charge from `soc` needs more than the window with the planner's margin (then
+    /// the plan charges from the start, and says so).
+    pub fn too_short(&self, soc: f64) -> bool {
+        let req = crate::domain::plan::Request {
+            now: self.start,
+            earliest: self.start,
+            ready_by: self.ready_by,
+            soc_now: soc,
+            target: f64::from(self.target.get()),
+            capacity_kwh: self.capacity_kwh,
+            charge_kw: self.charge_kw,
+        };
+        req.time_needed()
+            .is_none_or(|n| n > self.ready_by.duration_since(self.start))
+    }
+}
+
+fn local_time(t: Timestamp, tz: &TimeZone) -> crate::domain::units::LocalTime {
+    crate::domain::schedule::local_time_of(t, tz)
 }
 
 /// The simulated dongle's ID in the demo.
@@ -156,12 +279,34 @@ pub async fn start_demo_with_clock(args: &DemoArgs, clock: Clock) -> anyhow::Res
             }
         }
     }
-    let config = config::parse(&yaml, &EnvOverrides::default())
+    let mut config = config::parse(&yaml, &EnvOverrides::default())
         .map_err(|p| {
             let all: Vec<String> = p.iter().map(ToString::to_string).collect();
             anyhow::anyhow!("the demo cannot start: {}", all.join("; "))
         })?
         .config;
+    let sim_cfg = sim::dongle::SimConfig {
+        prefix: DEMO_PREFIX.into(),
+        firmware: firmware(args.firmware),
+        hold_interval: Some(DEMO_HOLD_INTERVAL),
+        speed: args.speed,
+        initial_soc: args.soc,
+        tz: jiff::tz::TimeZone::system(),
+        ..Default::default()
+    };
+    let cheapest = args.prices.map(|PricesArg::Sample| {
+        DemoCheapest::new(clock.now(), args.speed, &sim_cfg, &config.timezone)
+    });
+    let mut extras = app::Extras::default();
+    if let Some(day) = &cheapest {
+        // Set here, not in the YAML: the sped-up power is far beyond what a real inverter (and
+        // so `battery.charge_kw`) allows.
+        config.battery = config::BatteryConfig {
+            capacity_kwh: Some(day.capacity_kwh),
+            charge_kw: Some(day.charge_kw),
+        };
+        extras.prices = Some(crate::tariff::PriceFeed::fixed(day.prices(clock.now())));
+    }
     let c = &config.charging;
     info!(
         speed = args.speed,
@@ -178,7 +323,7 @@ pub async fn start_demo_with_clock(args: &DemoArgs, clock: Clock) -> anyhow::Res
             (t.path().to_path_buf(), Some(t))
         }
     };
-    let app = app::start(&config, &data_dir, clock.clone(), listener).await?;
+    let app = app::start_with(&config, &data_dir, clock.clone(), listener, extras).await?;
     // The dongle publishes its telemetry and (legacy) hold bank when it connects, and nothing
     // is retained: started before the service listens, those reports would be lost, and a
     // charge asked for at once would find no settings to put back at its end.
@@ -191,23 +336,28 @@ pub async fn start_demo_with_clock(args: &DemoArgs, clock: Clock) -> anyhow::Res
             "the demo's service has not reached the embedded broker yet; starting the simulated dongle anyway"
         );
     }
-    let sim_cfg = sim::dongle::SimConfig {
-        prefix: DEMO_PREFIX.into(),
-        firmware: firmware(args.firmware),
-        hold_interval: Some(DEMO_HOLD_INTERVAL),
-        speed: args.speed,
-        initial_soc: args.soc,
-        tz: jiff::tz::TimeZone::system(),
-        ..Default::default()
-    };
     let simulator = sim::dongle::spawn("127.0.0.1", broker.port, sim_cfg, clock);
     simulator.set_fault(fault(args.fault));
+    if let Some(day) = &cheapest {
+        let set = app
+            .engine
+            .set_schedule(day.schedule(&config.timezone))
+            .await;
+        if let Err(e) = set {
+            app.kill();
+            simulator.shutdown().await;
+            anyhow::bail!("the demo could not set its cheapest-hours schedule: {e}");
+        }
+        info!(start = %day.start, ready_by = %day.ready_by, charge_kw = day.charge_kw,
+            "demo: a cheapest-hours schedule over the sample day of prices");
+    }
     Ok(Demo {
         app,
         sim: simulator,
         broker_port: broker.port,
         data_dir,
         config,
+        cheapest,
         _tmp: tmp,
     })
 }
@@ -233,30 +383,41 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     });
     let signal = shutdown_signal();
     let demo = start_demo(&args).await?;
-    print_demo_banner(&demo, args.speed);
+    print_demo_banner(&demo, args.speed, args.soc);
     let result = demo.app.run_until(signal).await;
     demo.sim.shutdown().await;
     result
 }
 
-fn print_demo_banner(demo: &Demo, speed: f64) {
+fn print_demo_banner(demo: &Demo, speed: f64, soc: f64) {
     let base = format!("http://{}", demo.app.addr);
     let c = &demo.config.charging;
+    let tz = &demo.config.timezone;
     let in2 = jiff::Timestamp::now()
         .checked_add(jiff::SignedDuration::from_mins(2))
         .map(|t| {
-            t.to_zoned_datetime(jiff::tz::TimeZone::system())
+            t.to_zoned_datetime(tz.clone())
                 .strftime("%H:%M")
                 .to_string()
         })
         .unwrap_or_else(|_| "02:30".into());
+    let cheapest = demo
+        .cheapest
+        .as_ref()
+        .map(|day| cheapest_banner(day, &base, tz, soc))
+        .unwrap_or_default();
+    let replaces = if demo.cheapest.is_some() {
+        " (it replaces the cheapest-hours one)"
+    } else {
+        ""
+    };
     println!(
         r#"
   Demo running: a simulated inverter (battery physics {speed}x faster) behind an embedded
   MQTT broker on 127.0.0.1:{broker_port}. No real inverter is touched. State: {data}
   The safety stops are sped up as much: a charge runs at most {cutoff} min, and ends when SOC
   has not risen for {stall} min (the service's defaults: 8 h and 30 min).
-
+{cheapest}
   Dashboard:  {base}/
   API docs:   {base}/docs
 
@@ -264,7 +425,7 @@ fn print_demo_banner(demo: &Demo, speed: f64) {
     curl -s {base}/api/charging/status
     # charge now to 80 %; with the default speed this ends within about a minute:
     curl -s -X POST {base}/api/charging/enable -H 'Content-Type: application/json' -d '{{"target_soc": 80}}'
-    # or schedule a charge two minutes from now:
+    # or schedule a charge two minutes from now{replaces}:
     curl -s -X POST {base}/api/charge/schedule -H 'Content-Type: application/json' -d '{{"target_soc": 90, "start_time": "{in2}", "mode": "once"}}'
 
   Press Ctrl-C to stop.
@@ -274,6 +435,61 @@ fn print_demo_banner(demo: &Demo, speed: f64) {
         cutoff = (c.safety_cutoff.as_secs_f64() / 60.0).round(),
         stall = c.stall_minutes,
     );
+}
+
+/// The banner's lines on `--prices sample`: what the demo set, and where to watch it.
+fn cheapest_banner(day: &DemoCheapest, base: &str, tz: &TimeZone, soc: f64) -> String {
+    let at = |t: Timestamp, f: &str| t.to_zoned_datetime(tz.clone()).strftime(f).to_string();
+    let (from, until) = (
+        day.slots.first().map_or(day.start, |s| s.start),
+        day.slots.last().map_or(day.ready_by, |s| s.end),
+    );
+    let mut text = format!(
+        r#"
+  Cheapest hours: a sample day of prices in GBP/kWh, compressed like the physics: 48
+  half-hour slots of {slot} each, from {from} to {until}, dear at first (the evening peak) and
+  cheapest in the middle (the night). The planner's charge power is sped up as much
+  ({kw} kW for the simulated {cap} kWh battery).
+  The demo has set a cheapest-hours schedule: {target} % by {ready_by}, starting no earlier
+  than {start}, once. It charges only in the cheapest slots of that window.
+  Watch it on the dashboard ("Cheapest hours plan"), or: curl -s {base}/api/charge/plan
+"#,
+        slot = human(day.slot),
+        from = at(from, "%H:%M:%S"),
+        until = at(until, "%H:%M:%S"),
+        kw = day.charge_kw,
+        cap = day.capacity_kwh,
+        target = day.target.get(),
+        ready_by = at(day.ready_by, "%H:%M"),
+        start = at(day.start, "%H:%M"),
+    );
+    if day.too_short(soc) {
+        text.push_str(&format!(
+            "  At this speed the window is shorter than the charge with the planner's {} min safety\n  margin: the plan says so and charges from its start (--speed 60 shows a price-based plan).\n",
+            crate::domain::plan::MIN_MARGIN.as_mins()
+        ));
+    }
+    text
+}
+
+/// A length as a person reads it: `30 s`, `1.5 s`, `30 min`.
+fn human(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    let round = |x: f64| {
+        let r = (x * 10.0).round() / 10.0;
+        if r.fract() == 0.0 {
+            format!("{r:.0}")
+        } else {
+            format!("{r:.1}")
+        }
+    };
+    if s >= 60.0 {
+        format!("{} min", round(s / 60.0))
+    } else if s >= 1.0 {
+        format!("{} s", round(s))
+    } else {
+        format!("{} ms", (s * 1000.0).round())
+    }
 }
 
 fn firmware(f: FirmwareArg) -> sim::dongle::Firmware {
@@ -593,6 +809,64 @@ mod tests {
         assert_eq!(t(0.01).safety_cutoff, Duration::from_secs(23 * 3600 + 1800));
         // Rounded up: a timeout is never shorter than the physics it stands for.
         assert_eq!(t(7.0).stall_minutes, 5);
+    }
+
+    #[test]
+    fn the_demos_sample_day_is_compressed_by_its_speed_and_its_schedule_fits_inside() {
+        let tz = TimeZone::get("Europe/London").unwrap();
+        let sim = sim::dongle::SimConfig::default();
+        let now: Timestamp = "2026-01-15T18:07:42.5Z".parse().unwrap();
+        let at = |s: &str| s.parse::<Timestamp>().unwrap();
+        let day = DemoCheapest::new(now, 60.0, &sim, &tz);
+        assert_eq!(day.slot, Duration::from_secs(30));
+        assert_eq!(day.slots.len(), 48);
+        assert_eq!(
+            day.slots[0].start,
+            at("2026-01-15T18:07:00Z"),
+            "from this minute"
+        );
+        assert_eq!(day.start, at("2026-01-15T18:08:00Z"), "the next minute");
+        assert_eq!(day.ready_by, at("2026-01-15T18:31:00Z"), "the day's end");
+        assert_eq!((day.capacity_kwh, day.charge_kw), (10.0, 300.0));
+        assert_eq!(
+            day.slots[0].price,
+            crate::tariff::sample::SAMPLE_DAY[crate::tariff::sample::PEAK.start]
+        );
+        assert!(!day.too_short(42.0));
+        let s = day.schedule(&tz);
+        assert_eq!(
+            (s.time.to_string(), s.mode),
+            ("18:08".into(), crate::domain::units::Mode::Once)
+        );
+        assert_eq!(s.ready_by.map(|t| t.to_string()), Some("18:31".into()));
+        assert_eq!(s.first_run, Some(day.start));
+
+        // An odd speed: the end rounded up to a minute.
+        let odd = DemoCheapest::new(now, 7.0, &sim, &tz);
+        assert_eq!(odd.slot, Duration::from_millis(257_143));
+        assert_eq!(
+            odd.ready_by,
+            at("2026-01-15T21:33:00Z"),
+            "18:07 + 3 h 25 min 43 s"
+        );
+        // Real time: the day would end at this very minute tomorrow, so 23 hours at most.
+        let real = DemoCheapest::new(now, 1.0, &sim, &tz);
+        assert_eq!(real.ready_by, at("2026-01-16T17:07:00Z"));
+        assert_eq!(real.charge_kw, 5.0);
+        // Too fast for the planner's margin: still a window of a minute, and the banner warns.
+        let fast = DemoCheapest::new(now, 900.0, &sim, &tz);
+        assert_eq!(fast.slot, Duration::from_secs(2));
+        assert_eq!(fast.ready_by, at("2026-01-15T18:09:00Z"));
+        assert!(fast.too_short(42.0));
+    }
+
+    #[test]
+    fn lengths_read_as_people_say_them() {
+        assert_eq!(human(Duration::from_secs(30)), "30 s");
+        assert_eq!(human(Duration::from_millis(1500)), "1.5 s");
+        assert_eq!(human(Duration::from_secs(1800)), "30 min");
+        assert_eq!(human(Duration::from_millis(257_143)), "4.3 min");
+        assert_eq!(human(Duration::from_millis(2)), "2 ms");
     }
 
     #[test]

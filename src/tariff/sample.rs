@@ -29,11 +29,18 @@ pub const PEAK: std::ops::Range<usize> = 32..38;
 /// hour after midnight): a demo running at a higher speed passes a shorter slot and lives
 /// through the day faster.
 pub fn sample_day(start: Timestamp, slot: Duration) -> Vec<PriceSlot> {
+    sample_day_from(start, slot, 0)
+}
+
+/// [`sample_day`] beginning at the half hour `first` of the day (wrapping round midnight), so
+/// that slot 0 has the price of `SAMPLE_DAY[first % 48]`: a day from 16:00 opens with the
+/// evening peak and has the overnight trough in its middle.
+pub fn sample_day_from(start: Timestamp, slot: Duration, first: usize) -> Vec<PriceSlot> {
     let len = SignedDuration::try_from(slot).unwrap_or(SignedDuration::from_mins(30));
     let mut at = start;
-    SAMPLE_DAY
-        .iter()
-        .map(|&price| {
+    (0..SAMPLE_DAY.len())
+        .map(|i| SAMPLE_DAY[(first + i) % SAMPLE_DAY.len()])
+        .map(|price| {
             let end = at.checked_add(len).unwrap_or(at);
             let s = PriceSlot {
                 start: at,
@@ -75,5 +82,22 @@ mod tests {
         let fast = sample_day(start, Duration::from_secs(30 * 60) / 60);
         assert_eq!(fast[47].end, start + SignedDuration::from_mins(24));
         assert!(fast.windows(2).all(|w| w[0].end == w[1].start));
+    }
+
+    #[test]
+    fn a_sample_day_from_the_evening_peak_has_the_same_prices_in_turn_from_there() {
+        let start: Timestamp = "2026-01-15T16:00:00Z".parse().unwrap();
+        let slot = Duration::from_secs(30);
+        let day = sample_day_from(start, slot, PEAK.start);
+        assert_eq!(day.len(), 48);
+        assert_eq!(day[0].start, start);
+        assert_eq!(day[47].end, start + SignedDuration::from_mins(24));
+        assert!(day.windows(2).all(|w| w[0].end == w[1].start));
+        assert_eq!(day[0].price, SAMPLE_DAY[PEAK.start]);
+        // Midnight is the 17th slot, and the day ends just before the next 16:00.
+        assert_eq!(day[48 - PEAK.start].price, SAMPLE_DAY[0]);
+        assert_eq!(day[47].price, SAMPLE_DAY[PEAK.start - 1]);
+        assert_eq!(sample_day_from(start, slot, 0), sample_day(start, slot));
+        assert_eq!(sample_day_from(start, slot, 48), sample_day(start, slot));
     }
 }

@@ -1,12 +1,13 @@
 //! The `demo` command's wiring: an accelerated charge starts and stops at its target through
 //! the HTTP API, in real time; and, on a manual clock, a legacy dongle's charge puts the
-//! settings back and the stall stop is as fast as the physics.
+//! settings back, the stall stop is as fast as the physics, and `--prices sample` charges in
+//! the cheap slots of its compressed day.
 
 use std::time::Duration;
 
 use jiff::Timestamp;
 use serde_json::json;
-use solar_charging_backend::cli::{DemoArgs, FaultArg, FirmwareArg};
+use solar_charging_backend::cli::{DemoArgs, FaultArg, FirmwareArg, PricesArg};
 use solar_charging_backend::clock::ManualClock;
 use solar_charging_backend::domain::session::StopReason;
 use solar_charging_backend::engine::Status;
@@ -23,6 +24,7 @@ fn args(firmware: FirmwareArg, fault: FaultArg, speed: f64) -> DemoArgs {
         fault,
         ntfy: None,
         webhook: Vec::new(),
+        prices: None,
     }
 }
 
@@ -206,6 +208,114 @@ async fn the_demo_charges_to_the_target_and_stops_through_the_api() {
         .await
         .unwrap();
     assert_eq!(st["is_charging"], false);
+    demo.app.shutdown().await;
+    demo.sim.shutdown().await;
+}
+
+/// A naive local time of the API, in the demo's zone.
+fn demo_instant(demo: &Demo, naive: &serde_json::Value) -> Timestamp {
+    naive
+        .as_str()
+        .and_then(|s| s.parse::<jiff::civil::DateTime>().ok())
+        .and_then(|dt| dt.to_zoned_datetime(demo.config.timezone.clone()).ok())
+        .map(|z| z.timestamp())
+        .unwrap_or_else(|| panic!("not a local time: {naive}"))
+}
+
+async fn get_json(demo: &Demo, path: &str) -> serde_json::Value {
+    crate::harness::http_client()
+        .get(format!("http://{}{path}", demo.app.addr))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_sample_prices_the_demo_charges_in_its_cheap_slots_and_is_ready_in_time() {
+    let mut a = args(FirmwareArg::Modern, FaultArg::None, 60.0);
+    a.prices = Some(PricesArg::Sample);
+    let (demo, clock) = manual_demo(a).await;
+    let day = demo.cheapest.clone().expect("the sample day");
+    let start = clock.clock().now();
+    assert_eq!(day.slots.len(), 48);
+    assert_eq!(day.slot, Duration::from_secs(30), "30 min at 60x");
+    assert!(day.slots[0].start <= start && start < day.slots[0].start + Duration::from_secs(60));
+    assert_eq!(
+        day.ready_by, day.slots[47].end,
+        "24 min from a whole minute"
+    );
+    assert_eq!(day.charge_kw, 5.0 * 60.0);
+
+    // The demo set the schedule itself; the plan is priced once the SOC is known.
+    let schedule = get_json(&demo, "/api/charge/schedule").await;
+    assert_eq!(schedule["strategy"], "cheapest", "{schedule}");
+    assert_eq!(schedule["mode"], "once");
+    assert_eq!(schedule["target_soc"], 80);
+    let plan = get_json(&demo, "/api/charge/plan").await;
+    assert_eq!(plan["fallback"], serde_json::Value::Null, "{plan}");
+    assert_eq!(plan["price_source"], "sample");
+    assert_eq!(plan["currency"], "GBP");
+    assert_eq!(plan["price_unit"], "GBP/kWh");
+    assert_eq!(plan["soc_at_planning"], 50.0, "{plan}");
+    assert_eq!(demo_instant(&demo, &plan["window"]["from"]), day.start);
+    assert_eq!(demo_instant(&demo, &plan["window"]["until"]), day.ready_by);
+    let mean = day.slots.iter().map(|s| s.price).sum::<f64>() / day.slots.len() as f64;
+    let planned: Vec<(Timestamp, Timestamp, f64)> = plan["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["planned"] == true)
+        .map(|s| {
+            (
+                demo_instant(&demo, &s["start"]),
+                demo_instant(&demo, &s["end"]),
+                s["price"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(!planned.is_empty(), "{plan}");
+    assert!(
+        planned.iter().all(|&(_, _, price)| price < mean),
+        "every planned slot is cheaper than the day's mean {mean}: {plan}"
+    );
+    let saves = plan["fixed_start_cost"].as_f64().unwrap() - plan["planned_cost"].as_f64().unwrap();
+    assert!(saves > 0.1, "{plan}");
+
+    // Through the day: AC charging is on only inside the planned slots, and the charge ends
+    // at the target before ready_by.
+    let step = Duration::from_secs(2);
+    let mut charged = false;
+    loop {
+        let now = clock.clock().now();
+        if crate::harness::ac_on(&demo.sim.state().borrow()) {
+            charged = true;
+            assert!(
+                planned.iter().any(|&(s, e, _)| s <= now && now <= e),
+                "AC charging on at {now}, outside the planned slots {planned:?}"
+            );
+        }
+        let st = demo.app.engine.status();
+        if charged && st.session.is_none() && st.last_stop.is_some() {
+            assert_eq!(
+                st.last_stop.as_ref().map(|l| l.0),
+                Some(StopReason::TargetReached),
+                "{:?}",
+                st.last_stop
+            );
+            assert!(st.soc.unwrap().get() >= 80, "{st:?}");
+            break;
+        }
+        assert!(now < day.ready_by, "not done by ready_by: {st:#?}");
+        tick(&demo, &clock, step).await;
+    }
+    let history = get_json(&demo, "/api/charge/history").await;
+    assert_eq!(history[0]["stop_reason"], "target_reached", "{history}");
+    assert_eq!(history[0]["currency"], "GBP", "{history}");
+    assert!(history[0]["cost"].as_f64().unwrap() > 0.0, "{history}");
+    assert!(demo_instant(&demo, &history[0]["ended_at"]) < day.ready_by);
     demo.app.shutdown().await;
     demo.sim.shutdown().await;
 }

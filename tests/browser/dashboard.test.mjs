@@ -18,13 +18,15 @@ const BIN = process.env.SBC_BIN || resolve(TARGET, "debug/solar-charging-backend
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const SCREENSHOT = process.env.SCREENSHOT; // a path: save the README's screenshot there
 const SCREENSHOT_PHONE = process.env.SCREENSHOT_PHONE; // and its phone-width one there
+const SCREENSHOT_PLAN = process.env.SCREENSHOT_PLAN; // and the cheapest-hours plan card's there
 
 let base, browser;
 const demos = [];
 
 function startDemo(...extra) {
-  // Port 0: the banner names the port the OS picked.
-  const child = spawn(BIN, ["demo", "--port", "0", "--speed", "100", "--soc", "38", ...extra], {
+  // Port 0: the banner names the port the OS picked. `extra` may set its own speed and SOC.
+  const defaults = [["--speed", "100"], ["--soc", "38"]].filter(([flag]) => !extra.includes(flag)).flat();
+  const child = spawn(BIN, ["demo", "--port", "0", ...defaults, ...extra], {
     stdio: ["ignore", "pipe", "pipe"],
   });
   demos.push(child);
@@ -84,8 +86,8 @@ async function open(opts = {}) {
   return { page, failures };
 }
 
-async function call(method, path, body) {
-  const r = await fetch(`${base}${path}`, {
+async function call(method, path, body, at = base) {
+  const r = await fetch(`${at}${path}`, {
     method,
     headers: body === undefined ? {} : { "Content-Type": "application/json" },
     body: body === undefined ? undefined : JSON.stringify(body),
@@ -200,7 +202,7 @@ test("the form shows the saved schedule with its days, and saves it back as it i
 
 test("saving from the form keeps the schedule's fields the form does not show", async () => {
   const held = { target_soc: 80, start_time: "23:00", mode: "recurring", enabled: true, strategy: "cheapest", ready_by: "07:00",
-    next_run: "2026-01-16T02:00:00", is_charging: false, current_soc: 45 };
+    some_newer_option: "kept", next_run: "2026-01-16T02:00:00", is_charging: false, current_soc: 45 };
   let posted = null;
   const { page } = await open({
     setup: (p) => p.route("**/api/charge/schedule", (r) => {
@@ -213,7 +215,9 @@ test("saving from the form keeps the schedule's fields the form does not show", 
   await page.fill("#f-target", "75");
   await page.click("#save");
   await page.waitForFunction(() => document.getElementById("msg").textContent.startsWith("Schedule saved"));
-  assert.deepEqual(posted, { strategy: "cheapest", ready_by: "07:00", target_soc: 75, start_time: "23:00", mode: "recurring", enabled: true });
+  assert.deepEqual(posted, {
+    some_newer_option: "kept", strategy: "cheapest", ready_by: "07:00", target_soc: 75, start_time: "23:00", mode: "recurring", enabled: true,
+  });
   await page.close();
 });
 
@@ -278,6 +282,7 @@ function fullHistory() {
       detail: i % 3 ? null
         : "The occurrence at 2026-01-15T02:30:00 was not run: the service was not running then (it started again at 2026-01-15T07:41:13), so the battery was not charged overnight.",
       energy_wh: reason === "missed" ? null : 4120.5,
+      ...(i % 10 === 1 ? { cost: 0.412, currency: "GBP" } : {}),
       ...(i % 10 === 4 ? { restore_failures: ["ACChgStart: left at 00:00 (was 23:30)", "ACChgSOCLimit: left at 80 (was 100)"] } : {}),
     };
   });
@@ -300,6 +305,7 @@ test("a full history reads as sentences and fits a 360 px screen without sideway
   const page_text = await text(page, "#history");
   assert.match(page_text, /was not run: the service was not running then/);
   assert.match(page_text, /Not put back: ACChgStart: left at 00:00/);
+  assert.match(page_text, /4\.1 kWh · 0\.41 GBP/, "a cheapest-hours charge's cost");
   assert.match(page_text, /Wed 2026-01-28 01:58/, "times in the service's wall clock, with the weekday");
   // The zone the times are in, as the service names it.
   await page.waitForFunction(() => /^in \S+, the service's time zone$/.test(document.querySelector(".note .zone").textContent));
@@ -497,5 +503,175 @@ test("the page fits a phone screen without sideways scrolling", async () => {
   const { page } = await open({ viewport: { width: 390, height: 844 } });
   const width = await page.evaluate(() => document.documentElement.scrollWidth);
   assert.ok(width <= 390, `page is ${width}px wide on a 390px screen`);
+  await page.close();
+});
+
+// ---- Cheapest hours: `demo --prices sample` sets a cheapest-hours schedule over a sample day
+// of prices compressed to 24 minutes (at 60x); its plan stands until the charge in the cheap
+// slots, minutes after the start.
+
+const planned = (page) => page.$$eval("#plan-chart rect", (rs) => ({
+  all: rs.length,
+  planned: rs.filter((r) => r.classList.contains("planned")).length,
+  colours: [...new Set(rs.map((r) => getComputedStyle(r).fill))],
+}));
+
+test("the cheapest hours plan shows the day's prices, the planned slots and what they save", async () => {
+  const at = await startDemo("--prices", "sample", "--speed", "60", "--soc", "42");
+  const { page, failures } = await open({ at });
+  await page.waitForSelector("#plan-card", { state: "visible" });
+  const plan = await call("GET", "/api/charge/plan", undefined, at);
+  assert.equal(plan.fallback, null, JSON.stringify(plan));
+  assert.equal(plan.price_unit, "GBP/kWh");
+  // The prices as bars: every slot of the window, the planned ones in their own colour.
+  await page.waitForFunction(() => document.querySelectorAll("#plan-chart rect.planned").length > 0);
+  const bars = await planned(page);
+  assert.ok(bars.all >= 40, `bars: ${JSON.stringify(bars)}`);
+  assert.ok(bars.planned >= 10 && bars.planned < bars.all, `planned: ${JSON.stringify(bars)}`);
+  assert.equal(bars.colours.length, 2, `planned and other slots differ: ${bars.colours}`);
+  assert.equal(
+    await page.$eval("#plan-chart rect.planned title", (t) => /^\d\d:\d\d–\d\d:\d\d: 0\.\d+ GBP\/kWh, planned$/.test(t.textContent)),
+    true,
+  );
+  // The expected SOC as a line, the price axis in decimals, times on the service's clock.
+  assert.match(await page.getAttribute("#plan-chart path.line", "d"), /^M[\d.]+,[\d.]+L/);
+  const labels = await page.$$eval("#plan-chart text", (els) => els.map((e) => e.textContent));
+  assert.ok(labels.includes("0.00") && labels.includes("100%"), `axes: ${labels}`);
+  const times = labels.filter((l) => /^\d\d:\d\d$/.test(l)).sort();
+  assert.ok(times.length >= 3, `time labels: ${labels}`);
+  assert.ok(times[0] >= plan.window.from.slice(11, 16) && times[times.length - 1] <= plan.window.until.slice(11, 16),
+    `${times} within the window ${JSON.stringify(plan.window)}`);
+  // What it costs and saves, in the feed's currency.
+  const saves = await text(page, "#plan-saves");
+  const m = saves.match(/^Saves (\d+\.\d\d) GBP vs charging at the start time \((\d+\.\d\d) GBP\)$/);
+  assert.ok(m, saves);
+  assert.ok(Number(m[1]) > 0.1, saves);
+  assert.match(await text(page, "#plan-cost"), /^\d+\.\d\d GBP$/);
+  assert.match(await text(page, "#plan-prices"), /^GBP\/kWh, from sample, fetched /);
+  assert.equal(await text(page, "#plan-unit"), "GBP/kWh");
+  assert.match(await text(page, "#plan-window"), /^\w{3} \d{4}-\d\d-\d\d \d\d:\d\d → (\w{3} \d{4}-\d\d-\d\d )?\d\d:\d\d$/);
+  assert.match(await text(page, "#plan-target"), /^80 % by \d\d:\d\d \(from 42 %, 3\.8 kWh to charge at 300 kW\)$/);
+  assert.ok(await page.isHidden("#plan-fallback"), "a price-based plan");
+  // The schedule card says what the demo set.
+  assert.match(await text(page, "#s-target"), /^80 % by \d\d:\d\d, cheapest hours from \d\d:\d\d$/);
+  if (SCREENSHOT_PLAN) await page.locator("#plan-card").screenshot({ path: SCREENSHOT_PLAN });
+  // Readable on a phone: no sideways scrolling, the chart within the card.
+  await page.setViewportSize(PHONE);
+  await page.waitForFunction(() => document.documentElement.scrollWidth <= innerWidth);
+  const chart = await page.evaluate(() => document.getElementById("plan-chart").getBoundingClientRect().right);
+  assert.ok(chart <= PHONE.width, `the chart ends at ${chart}px`);
+  assert.deepEqual(failures, [], "every request stays on the service and succeeds");
+  await page.close();
+});
+
+test("a fallback plan says prominently that it is not price-based", async () => {
+  const { page, failures } = await open({
+    setup: (p) => p.route("**/api/charge/plan", (r) => r.fulfill({
+      json: {
+        strategy: "cheapest", window: { from: "2026-01-15T23:00:00", until: "2026-01-16T07:00:00" }, target_soc: 80,
+        soc_at_planning: 45, energy_needed_kwh: 3.5, charge_kw: 3.6, charge_kw_source: "learned",
+        slots: [{ start: "2026-01-15T23:00:00", end: "2026-01-16T05:50:00", price: null, planned: false },
+          { start: "2026-01-16T05:50:00", end: "2026-01-16T07:00:00", price: null, planned: true }],
+        planned_cost: null, fixed_start_cost: null, currency: "GBP", price_unit: "GBP/kWh", price_source: "octopus_agile",
+        prices_fetched_at: "2026-01-15T16:05:12.000001",
+        expected_soc: [{ at: "2026-01-15T23:00:00", soc: 45 }, { at: "2026-01-16T05:50:00", soc: 45 }, { at: "2026-01-16T06:50:00", soc: 80 }, { at: "2026-01-16T07:00:00", soc: 80 }],
+        feasible: true,
+        fallback: "octopus_agile: HTTP 503: charging continuously from the latest start that still reaches the target",
+      },
+    })),
+  });
+  await page.waitForSelector("#plan-card", { state: "visible" });
+  assert.ok(await page.isVisible("#plan-fallback"));
+  assert.equal(await text(page, "#plan-fallback"),
+    "Not price-based. Octopus_agile: HTTP 503: charging continuously from the latest start that still reaches the target.");
+  assert.equal(await page.getAttribute("#plan-fallback", "role"), "alert");
+  assert.ok(await page.isHidden("#plan-saves"), "no savings without costs");
+  assert.equal(await text(page, "#plan-cost"), "—");
+  assert.match(await text(page, "#plan-target"), /at 3\.6 kW \(learned\)/);
+  assert.match(await text(page, "#plan-window"), /^Thu 2026-01-15 23:00 → Fri 2026-01-16 07:00$/);
+  assert.equal((await page.$$("#plan-chart rect")).length, 0, "no prices, no bars");
+  assert.ok(await page.isVisible("#plan-chart path.line"));
+  assert.deepEqual(failures, []);
+  await page.close();
+});
+
+test("the form saves a cheapest hours schedule with its ready-by time and shows it back", async () => {
+  const at = await startDemo("--prices", "sample", "--speed", "60");
+  let { page, failures } = await open({ at });
+  // The demo's own schedule, as the server holds it.
+  const held = await call("GET", "/api/charge/schedule", undefined, at);
+  assert.equal(held.strategy, "cheapest");
+  await page.waitForFunction((r) => document.getElementById("f-ready").value === r, held.ready_by);
+  assert.equal(await page.inputValue("#f-strategy"), "cheapest");
+  assert.ok(await page.isVisible("#f-ready"));
+  assert.equal(await text(page, "#f-time-name"), "Earliest start");
+  // Ready-by is for cheapest hours only.
+  await page.selectOption("#f-strategy", "fixed");
+  assert.ok(await page.isHidden("#f-ready"));
+  assert.equal(await text(page, "#f-time-name"), "Start time");
+  await page.selectOption("#f-strategy", "cheapest");
+  assert.ok(await page.isVisible("#f-ready"));
+
+  await page.fill("#f-target", "70");
+  await page.fill("#f-time", "22:30");
+  await page.fill("#f-ready", "06:15");
+  await page.selectOption("#f-mode", "recurring");
+  await page.click("#save");
+  await page.waitForFunction(() => document.getElementById("msg").textContent.startsWith("Schedule saved"));
+  let saved = await call("GET", "/api/charge/schedule", undefined, at);
+  assert.deepEqual(
+    [saved.target_soc, saved.start_time, saved.mode, saved.strategy, saved.ready_by],
+    [70, "22:30", "recurring", "cheapest", "06:15"],
+  );
+  await page.waitForFunction(() => document.getElementById("s-target").textContent === "70 % by 06:15, cheapest hours from 22:30");
+  // The plan follows: tonight's window.
+  await page.waitForFunction(() => / 22:30 → .* 06:15$/.test(document.getElementById("plan-window").textContent));
+  assert.deepEqual(failures, []);
+  await page.close();
+
+  // A fresh page shows it back (a reload would cut off the refresh under way).
+  ({ page, failures } = await open({ at }));
+  await page.waitForFunction(() => document.getElementById("f-ready").value === "06:15");
+  assert.equal(await page.inputValue("#f-strategy"), "cheapest");
+  assert.equal(await page.inputValue("#f-time"), "22:30");
+  assert.equal(await page.inputValue("#f-target"), "70");
+
+  // A ready-by time equal to the start is refused: the service's reason is shown.
+  await page.fill("#f-ready", "22:30");
+  await page.click("#save");
+  await page.waitForFunction(() => document.getElementById("msg").className === "err");
+  assert.match(await text(page, "#msg"), /^ready_by: /);
+  saved = await call("GET", "/api/charge/schedule", undefined, at);
+  assert.equal(saved.ready_by, "06:15", "nothing changed");
+
+  // Back to a fixed start: no strategy or ready-by is kept, and the plan card goes.
+  await page.selectOption("#f-strategy", "fixed");
+  await page.click("#save");
+  await page.waitForFunction(() => document.getElementById("msg").textContent.startsWith("Schedule saved"));
+  saved = await call("GET", "/api/charge/schedule", undefined, at);
+  assert.equal(saved.strategy, undefined);
+  assert.equal(saved.ready_by, undefined);
+  await page.waitForSelector("#plan-card", { state: "hidden" });
+  assert.deepEqual(failures, []);
+  await page.close();
+});
+
+test("without a cheapest hours schedule there is no plan card", async () => {
+  await call("POST", "/api/charge/schedule", { target_soc: 75, start_time: "02:00", mode: "recurring" });
+  const { page, failures } = await open();
+  await refreshes(page, 2);
+  assert.equal(await call("GET", "/api/charge/plan"), null);
+  assert.ok(await page.isHidden("#plan-card"));
+  assert.ok(await page.isHidden("#f-ready"), "no ready-by for a fixed start");
+  assert.equal(await page.inputValue("#f-strategy"), "fixed");
+  // This demo has no prices or battery capacity: a cheapest schedule is refused, with the key
+  // to set, shown as the page shows errors.
+  await page.selectOption("#f-strategy", "cheapest");
+  await page.fill("#f-ready", "07:00");
+  await page.click("#save");
+  await page.waitForFunction(() => document.getElementById("msg").className === "err");
+  assert.match(await text(page, "#msg"), /^strategy: .*battery\.capacity_kwh/);
+  assert.ok(await page.isHidden("#plan-card"));
+  assert.deepEqual(failures, []);
   await page.close();
 });
