@@ -292,6 +292,7 @@ pub async fn start_demo_with_clock(args: &DemoArgs, clock: Clock) -> anyhow::Res
         speed: args.speed,
         initial_soc: args.soc,
         tz: jiff::tz::TimeZone::system(),
+        fault: fault(args.fault),
         ..Default::default()
     };
     let cheapest = args.prices.map(|PricesArg::Sample| {

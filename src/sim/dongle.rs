@@ -66,6 +66,9 @@ pub struct SimConfig {
     /// Registers a legacy `holdbank1` leaves out (real firmware spreads its registers over
     /// several banks, and some publish only the first).
     pub bank_omits: Vec<String>,
+    /// The fault it has from the start, before it first connects (so that nothing it would
+    /// send without the fault goes out first).
+    pub fault: Fault,
 }
 
 impl Default for SimConfig {
@@ -86,6 +89,7 @@ impl Default for SimConfig {
             serial: "BA00000001".to_string(),
             credentials: None,
             bank_omits: Vec::new(),
+            fault: Fault::None,
         }
     }
 }
@@ -337,7 +341,9 @@ pub fn spawn(host: &str, port: u16, cfg: SimConfig, clock: Clock) -> SimHandle {
     let (client, eventloop) = AsyncClient::new(opts, 1024);
 
     let (state_tx, _) = watch::channel(empty_state());
-    let core = DongleModel::new(cfg, clock.clone());
+    let fault = cfg.fault.clone();
+    let mut core = DongleModel::new(cfg, clock.clone());
+    core.set_fault(fault);
     state_tx.send_replace(core.snapshot());
 
     let shared = Arc::new(Shared {
