@@ -24,11 +24,17 @@ impl Peer {
         let (client, mut eventloop) = AsyncClient::new(opts, 64);
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
-            while let Ok(event) = eventloop.poll().await {
-                if let Event::Incoming(p) = event
-                    && tx.send(p).is_err()
-                {
-                    break;
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(p)) => {
+                        if tx.send(p).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(_) => {}
+                    // A connection refused or dropped under load: the next poll connects
+                    // again (after a pause, not to spin on a refusal).
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
                 }
             }
         });
