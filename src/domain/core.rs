@@ -1122,42 +1122,27 @@ impl EngineCore {
 
     /// Tells the owner when the dongle has been unreachable for a while, and when it is back.
     fn watch_dongle(&mut self, now: Now) {
-        match self.unreachable(now) {
-            Some((since, why)) if !self.dongle_reported_offline => {
-                if now.mono < since + DONGLE_OFFLINE_DEBOUNCE {
-                    return;
-                }
-                self.dongle_reported_offline = true;
-                let mut event = Event::new(
-                    format!(
-                        "{}-{}",
-                        now.wall.strftime("%Y%m%dT%H%M%S%.3fZ"),
-                        EventKind::DongleOffline
-                    ),
-                    EventKind::DongleOffline,
-                    now.wall,
-                );
-                event.soc = self.status.soc;
-                event.detail = Some(why);
-                self.emit(event);
+        let (kind, detail) = match self.unreachable(now) {
+            Some((since, why))
+                if !self.dongle_reported_offline && now.mono >= since + DONGLE_OFFLINE_DEBOUNCE =>
+            {
+                (EventKind::DongleOffline, why)
             }
-            None if self.dongle_reported_offline && self.last_heard.is_some() => {
-                self.dongle_reported_offline = false;
-                let mut event = Event::new(
-                    format!(
-                        "{}-{}",
-                        now.wall.strftime("%Y%m%dT%H%M%S%.3fZ"),
-                        EventKind::DongleOnline
-                    ),
-                    EventKind::DongleOnline,
-                    now.wall,
-                );
-                event.soc = self.status.soc;
-                event.detail = Some("the dongle is heard again".into());
-                self.emit(event);
-            }
-            _ => {}
-        }
+            None if self.dongle_reported_offline && self.last_heard.is_some() => (
+                EventKind::DongleOnline,
+                "the dongle is heard again".to_string(),
+            ),
+            _ => return,
+        };
+        self.dongle_reported_offline = kind == EventKind::DongleOffline;
+        let mut event = Event::new(
+            format!("{}-{kind}", now.wall.strftime("%Y%m%dT%H%M%S%.3fZ")),
+            kind,
+            now.wall,
+        );
+        event.soc = self.status.soc;
+        event.detail = Some(detail);
+        self.emit(event);
     }
 
     /// Notes a scheduled occurrence that charged nothing, for the history.

@@ -543,15 +543,16 @@ impl Notifier {
                 detail,
             },
         );
-        if drop && let Some(token) = &key.1 {
-            shared.devices.unregister(token);
-            shared.outbox.drop_device(token);
-            warn!(device = %short_token(token), "Apple says this device no longer takes notifications from the app: it was unregistered");
-            self.save_both(&shared);
-        } else if let Err(e) = self
-            .inner
-            .store
-            .write_atomic(OUTBOX_FILE, &shared.outbox.encode())
+        let forgotten = drop
+            && key
+                .1
+                .as_deref()
+                .is_some_and(|token| self.forget_device(&mut shared, token));
+        if !forgotten
+            && let Err(e) = self
+                .inner
+                .store
+                .write_atomic(OUTBOX_FILE, &shared.outbox.encode())
         {
             error!(
                 "the outbox could not be saved (a delivered notification may be sent again after a restart): {e}"
@@ -561,11 +562,19 @@ impl Notifier {
 
     fn drop_token(&self, token: &str) {
         let mut shared = self.shared();
-        if shared.devices.unregister(token) {
-            shared.outbox.drop_device(token);
-            warn!(device = %short_token(token), "Apple says this device no longer takes notifications from the app: it was unregistered");
-            self.save_both(&shared);
+        self.forget_device(&mut shared, token);
+    }
+
+    /// Removes a device Apple says no longer takes notifications, with what waited for it,
+    /// and saves both files; false when it was not registered.
+    fn forget_device(&self, shared: &mut Shared, token: &str) -> bool {
+        if !shared.devices.unregister(token) {
+            return false;
         }
+        shared.outbox.drop_device(token);
+        warn!(device = %short_token(token), "Apple says this device no longer takes notifications from the app: it was unregistered");
+        self.save_both(shared);
+        true
     }
 
     /// One attempt to send `event` on `channel`; `true` beside it when Apple says the device

@@ -76,11 +76,7 @@ impl Awattar {
                 slots.push(PriceSlot { start, end, price });
             }
         }
-        if slots.is_empty() {
-            return Err(PriceError::NotPublished);
-        }
-        slots.sort_by_key(|s| s.start);
-        Ok(Page { slots, next: None })
+        Page::last(slots)
     }
 }
 

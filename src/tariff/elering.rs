@@ -84,10 +84,7 @@ impl Elering {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let slots = slots_from_starts(points);
-        if slots.is_empty() {
-            return Err(PriceError::NotPublished);
-        }
-        Ok(Page { slots, next: None })
+        Page::last(slots)
     }
 }
 

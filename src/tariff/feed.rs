@@ -213,14 +213,7 @@ impl Feed {
     async fn fetch(&self, now: Timestamp) -> Result<Vec<PriceSlot>, PriceError> {
         let (from, to) = (now - LOOK_BACK, now + LOOK_AHEAD);
         match (&self.source, &self.client) {
-            (PriceSource::Fixed(table), _) => {
-                let slots = table.expand(from, to);
-                if slots.is_empty() {
-                    Err(PriceError::NotPublished)
-                } else {
-                    Ok(slots)
-                }
-            }
+            (PriceSource::Fixed(table), _) => super::non_empty(table.expand(from, to)),
             (source, Some(client)) => super::fetch(client, source, from, to).await,
             (_, None) => Err(PriceError::Transport("no HTTP client".into())),
         }

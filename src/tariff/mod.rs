@@ -72,6 +72,18 @@ pub struct Page {
     pub next: Option<String>,
 }
 
+impl Page {
+    /// The only (or last) page of an answer: its slots in time order, or "not published" when
+    /// it has none.
+    pub(crate) fn last(mut slots: Vec<PriceSlot>) -> Result<Page, PriceError> {
+        slots.sort_by_key(|s| s.start);
+        Ok(Page {
+            slots: non_empty(slots)?,
+            next: None,
+        })
+    }
+}
+
 /// The `tariff:` config section, as read (checked by [`TariffConfig::source`]).
 #[derive(Debug, Clone, PartialEq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(default)]
@@ -323,7 +335,8 @@ fn transport(e: reqwest::Error) -> PriceError {
     PriceError::Transport(crate::notify::https::error_chain(&e.without_url()))
 }
 
-fn non_empty(slots: Vec<PriceSlot>) -> Result<Vec<PriceSlot>, PriceError> {
+/// The slots, or "not published" when there are none.
+pub(crate) fn non_empty(slots: Vec<PriceSlot>) -> Result<Vec<PriceSlot>, PriceError> {
     if slots.is_empty() {
         Err(PriceError::NotPublished)
     } else {

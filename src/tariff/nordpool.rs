@@ -83,7 +83,7 @@ impl NordPool {
         body: &[u8],
     ) -> Result<Page, PriceError> {
         let answer: Answer = json(status, content_type, body)?;
-        let mut slots: Vec<PriceSlot> = answer
+        let slots: Vec<PriceSlot> = answer
             .multi_area_entries
             .iter()
             .filter_map(|e| {
@@ -95,11 +95,7 @@ impl NordPool {
                 })
             })
             .collect();
-        if slots.is_empty() {
-            return Err(PriceError::NotPublished);
-        }
-        slots.sort_by_key(|s| s.start);
-        Ok(Page { slots, next: None })
+        Page::last(slots)
     }
 }
 
