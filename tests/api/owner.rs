@@ -122,16 +122,21 @@ async fn a_silent_dongle_is_shown_offline_with_when_it_was_last_heard() {
     assert_eq!(st["dongle_online"], true);
     w.sim.set_fault(Fault::Silent);
     // What the dongle sent before it fell silent may still be on its way, and a message that
-    // lands after the clock moved is news: the stale limit is let pass until it holds.
+    // lands after the clock moved is news: the stale limit is let pass until two readings a
+    // stale limit apart agree on when the dongle was last heard.
     let mut before = Value::Null;
-    for _ in 0..5 {
+    for _ in 0..10 {
         w.clock.advance(2 * MIN);
         let (_, st) = w.get("/api/charging/status").await;
+        let settled = st["dongle_online"] == false
+            && before["dongle_online"] == false
+            && st["dongle_last_seen"] == before["dongle_last_seen"];
         before = st;
-        if before["dongle_online"] == false {
+        if settled {
             break;
         }
     }
+    assert_eq!(before["dongle_online"], false, "{before}");
     let heard = before["dongle_last_seen"].clone();
     assert!(heard.is_string(), "{before}");
     w.clock.advance(2 * MIN);
