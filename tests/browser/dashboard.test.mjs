@@ -73,7 +73,11 @@ async function open(opts = {}) {
   const { viewport = { width: 1100, height: 900 }, at = base, waitForSoc = true, setup } = opts;
   const page = await browser.newPage({ viewport });
   const failures = [];
-  page.on("requestfailed", (r) => failures.push(r.url()));
+  // The page never cancels a request of its own (no AbortController in it), so an aborted
+  // request is one a reload or close cut off, not a failure of the service.
+  page.on("requestfailed", (r) => {
+    if (r.failure()?.errorText !== "net::ERR_ABORTED") failures.push(r.url());
+  });
   page.on("request", (r) => {
     if (!r.url().startsWith(at)) failures.push(`off-site: ${r.url()}`);
   });
