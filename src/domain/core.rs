@@ -176,14 +176,17 @@ impl Status {
     /// Whether the dongle counts as online at `now`: it has not said it is offline, and it
     /// was heard (any message) within the stale limit.
     pub fn dongle_online_at(&self, now: Timestamp) -> bool {
-        let Ok(limit) = jiff::SignedDuration::try_from(self.stale_after) else {
-            return false;
-        };
-        self.dongle_online != Some(false)
-            && self
-                .last_message
-                .and_then(|t| t.checked_add(limit).ok())
-                .is_some_and(|until| now < until)
+        self.online_until().is_some_and(|until| now < until)
+    }
+
+    /// While the dongle counts as online, when it stops doing so if nothing more is heard: its
+    /// last message plus the stale limit. `None` once it said it is offline, or before anything
+    /// was heard.
+    pub fn online_until(&self) -> Option<Timestamp> {
+        let limit = jiff::SignedDuration::try_from(self.stale_after).ok()?;
+        self.last_message
+            .filter(|_| self.dongle_online != Some(false))
+            .and_then(|t| t.checked_add(limit).ok())
     }
 
     /// The running charge, if it is a "charge now" still starting or charging.

@@ -3,8 +3,6 @@
 //!
 //! Pure: no IO and no clock. The task in [`super`] publishes what these return.
 
-use std::time::Duration;
-
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use serde_json::{Map, Value, json};
@@ -329,29 +327,12 @@ pub struct LastCharge {
     pub energy_wh: Option<f64>,
 }
 
-/// Whether the dongle counts as online: it has not said it is offline, and its last report is
-/// younger than the stale limit that also ends a charge.
-pub fn dongle_online(status: &Status, now: Timestamp, stale_after: Duration) -> bool {
-    status.dongle_online == Some(true) && stale_at(status, stale_after).is_some_and(|t| now < t)
-}
-
-/// When the dongle's last report becomes too old, while it counts as online: the one instant
-/// at which the state changes without any event.
-pub fn stale_at(status: &Status, stale_after: Duration) -> Option<Timestamp> {
-    let limit = jiff::SignedDuration::try_from(stale_after).ok()?;
-    status
-        .last_telemetry
-        .filter(|_| status.dongle_online == Some(true))
-        .and_then(|t| t.checked_add(limit).ok())
-}
-
 /// The retained state document every entity reads.
 pub fn state(
     status: &Status,
     memory: &Remembered,
     last: &LastCharge,
     now: Timestamp,
-    stale_after: Duration,
     tz: &TimeZone,
 ) -> Vec<u8> {
     let c = controls(status, memory);
@@ -364,7 +345,8 @@ pub fn state(
         "soc": status.soc.map(|s| s.get()),
         "battery_power": status.battery_power,
         "charging": status.is_charging(),
-        "dongle_online": dongle_online(status, now, stale_after),
+        // The API's own answer, so that both always agree.
+        "dongle_online": status.dongle_online_at(now),
         "next_run": status.next_run().map(|t| offset_datetime(t, tz)),
         "last_stop_reason": status
             .last_stop

@@ -6,7 +6,7 @@ use crate::domain::session::{Origin, Phase};
 use crate::domain::units::Soc;
 use crate::engine::SessionView;
 
-const STALE: Duration = Duration::from_secs(90);
+const STALE: std::time::Duration = std::time::Duration::from_secs(90);
 
 fn tz() -> TimeZone {
     TimeZone::get("America/Los_Angeles").unwrap()
@@ -325,7 +325,6 @@ fn the_state_of_an_idle_service_with_nothing_known_shows_nulls_and_the_defaults(
         &Remembered::default(),
         &LastCharge::default(),
         now,
-        STALE,
         &tz(),
     ));
     assert_eq!(
@@ -345,6 +344,7 @@ fn the_state_during_a_charge_shows_the_session_and_the_schedule() {
     st.soc = Soc::new(52);
     st.battery_power = Some(3500.0);
     st.last_telemetry = Some(now);
+    st.last_message = Some(now);
     st.dongle_online = Some(true);
     st.schedule = Some(schedule(90, "02:30", Mode::Recurring, true, now));
     st.session = Some(charging(90, Some(1234.56), now));
@@ -352,14 +352,7 @@ fn the_state_during_a_charge_shows_the_session_and_the_schedule() {
         stop_reason: Some(StopReason::Cutoff),
         energy_wh: Some(9.0),
     };
-    let d = doc(&state(
-        &st,
-        &Remembered::default(),
-        &last,
-        now,
-        STALE,
-        &tz(),
-    ));
+    let d = doc(&state(&st, &Remembered::default(), &last, now, &tz()));
     assert_eq!(d["soc"], 52);
     assert_eq!(d["battery_power"], 3500.0);
     assert_eq!(d["charging"], true);
@@ -389,25 +382,11 @@ fn a_charge_that_has_counted_nothing_yet_shows_zero_energy_and_after_it_the_last
         stop_reason: None,
         energy_wh: Some(4120.5),
     };
-    let d = doc(&state(
-        &st,
-        &Remembered::default(),
-        &last,
-        now,
-        STALE,
-        &tz(),
-    ));
+    let d = doc(&state(&st, &Remembered::default(), &last, now, &tz()));
     assert_eq!(d["charge_energy_wh"], 0.0);
     st.session = None;
     st.last_stop = Some((StopReason::TargetReached, now, "done".into()));
-    let d = doc(&state(
-        &st,
-        &Remembered::default(),
-        &last,
-        now,
-        STALE,
-        &tz(),
-    ));
+    let d = doc(&state(&st, &Remembered::default(), &last, now, &tz()));
     assert_eq!(d["charge_energy_wh"], 4120.5);
     assert_eq!(
         d["last_stop_reason"], "target_reached",
@@ -416,18 +395,52 @@ fn a_charge_that_has_counted_nothing_yet_shows_zero_energy_and_after_it_the_last
 }
 
 #[test]
-fn the_dongle_goes_offline_in_the_state_once_its_last_report_is_too_old() {
+fn the_dongle_goes_offline_in_the_state_once_its_last_message_is_too_old() {
     let now = at("2026-01-15T09:00:00Z");
     let mut st = idle(now);
+    st.stale_after = STALE;
     st.dongle_online = Some(true);
     st.last_telemetry = Some(now);
-    let deadline = stale_at(&st, STALE).unwrap();
+    st.last_message = Some(now);
+    let deadline = st.online_until().unwrap();
     assert_eq!(deadline, at("2026-01-15T09:01:30Z"));
-    assert!(dongle_online(&st, at("2026-01-15T09:01:29Z"), STALE));
-    assert!(!dongle_online(&st, deadline, STALE));
+    let shown = |st: &Status, t| {
+        doc(&state(
+            st,
+            &Remembered::default(),
+            &LastCharge::default(),
+            t,
+            &tz(),
+        ))["dongle_online"]
+            .clone()
+    };
+    assert_eq!(shown(&st, at("2026-01-15T09:01:29Z")), true);
+    assert_eq!(shown(&st, deadline), false);
     st.dongle_online = Some(false);
-    assert!(!dongle_online(&st, now, STALE));
-    assert_eq!(stale_at(&st, STALE), None, "no deadline while offline");
+    assert_eq!(shown(&st, now), false);
+    assert_eq!(st.online_until(), None, "no deadline while offline");
+}
+
+#[test]
+fn home_assistant_and_the_api_agree_on_a_dongle_heard_only_by_its_heartbeat() {
+    // Telemetry an hour old, but a heartbeat a moment ago: the API counts the dongle online
+    // (the stale stop of a charge counts every message too), and so does Home Assistant.
+    let now = at("2026-01-15T09:00:00Z");
+    let mut st = idle(now);
+    st.stale_after = STALE;
+    st.dongle_online = Some(true);
+    st.last_telemetry = Some(at("2026-01-15T08:00:00Z"));
+    st.last_message = Some(at("2026-01-15T08:59:50Z"));
+    let d = doc(&state(
+        &st,
+        &Remembered::default(),
+        &LastCharge::default(),
+        now,
+        &tz(),
+    ));
+    assert!(st.dongle_online_at(now));
+    assert_eq!(d["dongle_online"], true);
+    assert_eq!(st.online_until(), Some(at("2026-01-15T09:01:20Z")));
 }
 
 #[test]

@@ -79,7 +79,6 @@ pub struct Integration {
     device: DeviceInfo,
     record_path: PathBuf,
     tz: TimeZone,
-    stale_after: Duration,
 }
 
 /// The parts of the running service the task talks to.
@@ -161,7 +160,6 @@ pub fn prepare(
             device,
             record_path,
             tz: config.timezone.clone(),
-            stale_after: config.charging.stale_after,
         },
     ))
 }
@@ -231,7 +229,6 @@ impl Integration {
             device,
             record_path,
             tz,
-            stale_after,
         } = self;
         match job {
             Job::Remove(record) => remove(record, &record_path, links, shutdown).await,
@@ -241,7 +238,6 @@ impl Integration {
                     device,
                     record_path,
                     tz,
-                    stale_after,
                     stale,
                     memory: Remembered::default(),
                     last_charge: None,
@@ -294,7 +290,6 @@ struct Server {
     device: DeviceInfo,
     record_path: PathBuf,
     tz: TimeZone,
-    stale_after: Duration,
     /// Topics of an earlier announcement (another node id or prefix) still to be emptied.
     stale: Vec<String>,
     memory: Remembered,
@@ -323,7 +318,8 @@ impl Server {
         loop {
             let stale_in = {
                 let st = status.borrow();
-                discovery::stale_at(&st, self.stale_after).map(|at| {
+                // The one instant at which the state changes without any event.
+                st.online_until().map(|at| {
                     let left = at.duration_since(links.clock.now());
                     Duration::try_from(left)
                         .unwrap_or(Duration::ZERO)
@@ -403,7 +399,6 @@ impl Server {
             &self.memory,
             self.last_charge.as_ref().unwrap_or(&LastCharge::default()),
             links.clock.now(),
-            self.stale_after,
             &self.tz,
         );
         if !*links.connected.borrow() || (!force && self.sent_state.as_ref() == Some(&doc)) {
