@@ -15,7 +15,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, Once};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
@@ -151,7 +151,7 @@ pub fn check_key(path: &Path) -> Result<(), String> {
 
 /// Reads the key and proves it signs ES256, which only a P-256 key in PKCS#8 form does.
 fn load_key(path: &Path) -> Result<EncodingKey, String> {
-    use_rust_crypto_for_jwts();
+    use_ring_for_jwts();
     let shown = path.display();
     let bytes =
         std::fs::read(path).map_err(|e| format!("APNs key {shown}: cannot read it: {e}"))?;
@@ -198,14 +198,10 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// jsonwebtoken picks its crypto backend from its features and panics at the first signature
-/// when it cannot tell; naming the RustCrypto one keeps that working should another crate ever
-/// enable a second backend. A provider already chosen stays.
-fn use_rust_crypto_for_jwts() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
-    });
+/// Makes ES256 through `ring` the process's JWT cryptography (see [`es256`]); whoever signs or
+/// checks a provider token calls this first. Idempotent.
+pub fn use_ring_for_jwts() {
+    es256::install();
 }
 
 /// The JWT's claims: the team and the time of issue, nothing else (Apple wants no `exp`).
@@ -534,5 +530,6 @@ fn describe_transport_error(e: reqwest::Error) -> String {
     }
 }
 
+mod es256;
 #[cfg(test)]
 mod tests;

@@ -2,10 +2,8 @@
 //! charge's start and end), ntfy's title, priority and tags, and the webhook's JSON body and
 //! signature. Pure functions.
 
-use hmac::{Hmac, Mac};
 use jiff::tz::TimeZone;
 use serde_json::{Value, json};
-use sha2::Sha256;
 
 use crate::domain::event::{Event, EventKind};
 use crate::http::dto::now_stamp;
@@ -70,11 +68,9 @@ pub fn webhook_body(e: &Event, tz: &TimeZone) -> Vec<u8> {
 
 /// `X-Solar-Signature`'s value: `sha256=` and the hex HMAC-SHA256 of `body` under `secret`.
 pub fn signature(secret: &str, body: &[u8]) -> String {
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes a key of any length");
-    mac.update(body);
-    let digest = mac.finalize().into_bytes();
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let digest = ring::hmac::sign(&key, body);
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256={hex}")
 }
 

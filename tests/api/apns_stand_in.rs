@@ -151,6 +151,7 @@ impl ApnsStandIn {
         let provider_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let key_path = dir.join(format!("AuthKey_{key_id}.p8"));
         std::fs::write(&key_path, provider_key.serialize_pem()).unwrap();
+        solar_charging_backend::notify::apns::use_ring_for_jwts();
         let public_key =
             DecodingKey::from_ec_pem(provider_key.public_key_pem().as_bytes()).unwrap();
 
