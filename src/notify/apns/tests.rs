@@ -256,6 +256,54 @@ fn the_provider_token_is_apples_es256_jwt() {
 }
 
 #[test]
+fn the_signature_is_jws_fixed_form_and_checked_against_the_public_key() {
+    let (private, public) = p256_key();
+    let jwt = tokens(&private).bearer(t(0)).unwrap();
+    let (signed, sig) = jwt.rsplit_once('.').unwrap();
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(sig)
+        .unwrap();
+    assert_eq!(
+        raw.len(),
+        64,
+        "r || s, 32 bytes each, as JWS wants (not DER)"
+    );
+    let key = DecodingKey::from_ec_pem(public.as_bytes()).unwrap();
+    assert!(jsonwebtoken::crypto::verify(sig, signed.as_bytes(), &key, Algorithm::ES256).unwrap());
+    // Another key's public half does not verify it, nor does a changed claim.
+    let (_, other) = p256_key();
+    let other = DecodingKey::from_ec_pem(other.as_bytes()).unwrap();
+    assert!(
+        !jsonwebtoken::crypto::verify(sig, signed.as_bytes(), &other, Algorithm::ES256).unwrap()
+    );
+    let tampered = signed.replacen('e', "f", 1);
+    assert!(
+        !jsonwebtoken::crypto::verify(sig, tampered.as_bytes(), &key, Algorithm::ES256).unwrap()
+    );
+}
+
+#[test]
+fn algorithms_other_than_es256_are_refused_not_faked() {
+    let (private, public) = p256_key();
+    let dir = tempfile::tempdir().unwrap();
+    let key = load_key(&write(dir.path(), "k.p8", &private)).unwrap();
+    for alg in [
+        Algorithm::ES384,
+        Algorithm::RS256,
+        Algorithm::HS256,
+        Algorithm::EdDSA,
+    ] {
+        assert!(
+            jsonwebtoken::crypto::sign(b"x", &key, alg).is_err(),
+            "{alg:?}"
+        );
+    }
+    let public = DecodingKey::from_ec_pem(public.as_bytes()).unwrap();
+    assert!(jsonwebtoken::crypto::verify("AAAA", b"x", &public, Algorithm::ES384).is_err());
+}
+
+#[test]
 fn the_token_is_reused_until_it_is_fifty_minutes_old() {
     let (private, public) = p256_key();
     let tokens = tokens(&private);
