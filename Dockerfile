@@ -62,4 +62,9 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
 # The binary handles SIGTERM itself (it is PID 1 here): idle, it exits at once; with a dongle
 # write in flight it first waits for its answer, at most one write timeout (15 s by default),
 # so give the container `docker stop -t 30` (docker-compose.yml sets stop_grace_period).
-ENTRYPOINT ["/usr/local/bin/solar-charging-backend", "--config", "/app/config.yaml", "--data-dir", "/app/data"]
+# The config and data paths come from the environment, not from flags: `demo` (e.g.
+# `docker run --rm -p 8088:8088 IMAGE demo --host 0.0.0.0`) ignores SBC_DATA_DIR and keeps its
+# simulated schedules and history out of the volume the real service reads.
+ENV SBC_CONFIG=/app/config.yaml SBC_DATA_DIR=/app/data
+ENTRYPOINT ["/usr/local/bin/solar-charging-backend"]
+CMD ["serve"]
