@@ -260,6 +260,19 @@ impl SimHandle {
         self.with_core(|c| c.set_fault(f));
     }
 
+    /// Falls silent as under [`Fault::Silent`], after one last message: a firmware-code answer
+    /// with a marker of its own, which this returns. Everything goes out on one connection at
+    /// one QoS, so the broker keeps the order: once the service shows the marker as the
+    /// firmware code, it has taken in everything the dongle sent before, and nothing of the
+    /// dongle's is still on its way.
+    pub fn fall_silent(&self) -> String {
+        static MARKERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = MARKERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let marker = format!("QUIET{n}");
+        self.with_core(|c| c.fall_silent_after(&marker));
+        marker
+    }
+
     /// Sets the true SOC (clamped to 0..=100).
     pub fn set_soc(&self, soc: f64) {
         self.with_core(|c| c.set_soc(soc));

@@ -261,6 +261,15 @@ impl World {
         wait_for_status(&self.app.as_ref().expect("running").engine, pred).await
     }
 
+    /// Makes the dongle fall silent and waits until the service has taken in everything it
+    /// sent before: after this nothing of the dongle's is on its way, and the service last
+    /// heard it at the clock's present time.
+    pub async fn silence_dongle(&self) {
+        let marker = self.sim.fall_silent();
+        self.wait_status(|s| s.firmware_code.as_deref() == Some(marker.as_str()))
+            .await;
+    }
+
     /// Waits until the simulator's state satisfies `pred`.
     pub async fn wait_sim(&self, pred: impl Fn(&SimState) -> bool) -> SimState {
         wait_watch(self.sim.state(), pred, "the simulator").await

@@ -501,25 +501,10 @@ async fn the_channels_are_shown_without_secrets_and_a_test_reaches_each_one() {
 async fn a_dongle_gone_silent_is_told_once_and_its_return_too() {
     let c = Channels::start().await;
     let w = world(&c).await;
-    w.sim.set_fault(Fault::Silent);
-    // What the dongle sent just before it fell silent may still be on its way, and a message
-    // that arrives after the clock moved counts as news: then the silence starts again.
-    let told = 'silent: loop {
-        w.clock.advance(4 * MIN);
-        let now = w.clock.clock().now();
-        let deadline = tokio::time::Instant::now() + GUARD;
-        loop {
-            let hooks = c.hooks.received("/hook/");
-            if !hooks.is_empty() {
-                break 'silent hooks;
-            }
-            if w.status().last_message == Some(now) {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "never told");
-            tokio::task::yield_now().await;
-        }
-    };
+    w.silence_dongle().await;
+    // Past the stale limit (90 s) and the minute a brief silence is let pass.
+    w.clock.advance(4 * MIN);
+    let told = c.hooks.wait_received("/hook/", 1).await;
     assert_eq!(told[0].json()["event"], "dongle_offline");
     assert!(
         told[0].json()["detail"]

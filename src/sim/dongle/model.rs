@@ -629,6 +629,13 @@ impl DongleModel {
         }
     }
 
+    /// Publishes a firmware-code answer carrying `marker` (not the inverter's code) and falls
+    /// silent in the same step (see [`super::SimHandle::fall_silent`]).
+    pub fn fall_silent_after(&mut self, marker: &str) {
+        self.publish_json("firmwarecode/response", &json!({"FWCode": marker}));
+        self.set_fault(Fault::Silent);
+    }
+
     pub fn set_fault(&mut self, fault: Fault) {
         if fault == self.fault {
             return;

@@ -635,6 +635,47 @@ async fn a_silent_dongle_publishes_and_answers_nothing_until_the_fault_clears() 
     assert_eq!(r.sim.state().borrow().telemetry_sent, sent_before + 1);
 }
 
+#[tokio::test]
+async fn falling_silent_sends_its_marker_last_and_then_nothing() {
+    let mut r = rig(config(Firmware::V43)).await;
+    r.sim.publish_telemetry_now();
+    let sent_before = r.sim.state().borrow().telemetry_sent;
+    let marker = r.sim.fall_silent();
+    let response = topic(PREFIX, "firmwarecode/response");
+    let mut before = Vec::new();
+    let answer = loop {
+        let p = r.peer.next().await;
+        if p.topic == response {
+            break p;
+        }
+        before.push(p);
+    };
+    let body: Value = serde_json::from_slice(&answer.payload).unwrap();
+    assert_eq!(body, json!({"FWCode": marker}));
+    // The report sent before it arrived before it.
+    assert!(
+        topics(&before).contains(&topic(PREFIX, "input").as_str()),
+        "{:?}",
+        topics(&before)
+    );
+    // A minute later (telemetry and heartbeat due), nothing was sent, and the next message
+    // is the full report of coming back.
+    r.clock.advance(Duration::from_secs(60));
+    r.sim.publish_telemetry_now();
+    assert_eq!(r.sim.state().borrow().telemetry_sent, sent_before);
+    r.sim.set_fault(Fault::None);
+    let input = topic(PREFIX, "input");
+    loop {
+        let p = r.peer.next().await;
+        assert_ne!(p.topic, response, "no second marker");
+        if p.topic == input {
+            break;
+        }
+    }
+    assert_eq!(r.sim.state().borrow().telemetry_sent, sent_before + 1);
+    assert_ne!(r.sim.fall_silent(), marker, "each marker is new");
+}
+
 /// A TCP relay to the broker whose connections can be cut, as a network outage does.
 struct Relay {
     port: u16,
