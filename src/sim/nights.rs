@@ -248,6 +248,8 @@ struct World {
     consumed: HashMap<usize, Timestamp>,
     /// The session as last seen, to judge it when its record comes.
     last_session: Option<Session>,
+    /// The core held a session still charging (or starting) after the last step.
+    active_before: bool,
     /// Prices the feed hands the core at every start (None: a night without prices).
     prices: Option<PriceBook>,
     /// The owner's schedule is a cheapest-hours one, ready this many hours after its start.
@@ -468,6 +470,7 @@ impl World {
             once_fires: HashMap::new(),
             consumed: HashMap::new(),
             last_session: None,
+            active_before: false,
             prices,
             ready_by_hours,
             last_night: None,
@@ -1277,11 +1280,12 @@ impl World {
             let i = instance?;
             (self.consumed.get(&i) != Some(&last)).then_some((i, last))
         });
-        let running_before = self
-            .last_session
-            .as_ref()
-            .is_some_and(|l| l.active_target().is_some());
+        // Whether a charge was under way before this step: as the core held it then, not as
+        // the last session was last seen (a session that ended is gone from the core, while
+        // its last sight may still show it charging).
+        let running_before = self.active_before;
         let core_has_active_session = core.session().is_some_and(|s| s.active_target().is_some());
+        self.active_before = core_has_active_session;
         let mut fired = None;
         let night = core.night().cloned();
         let night_began = night

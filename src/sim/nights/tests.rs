@@ -45,3 +45,18 @@ fn a_night_replays_step_for_step() {
     assert_eq!(a.trace, b.trace);
     assert_eq!((a.charges, a.faults), (b.charges, b.faults));
 }
+
+#[test]
+fn a_charge_now_that_failed_hours_before_a_cheapest_night_is_not_that_nights_occurrence() {
+    // A charge now fails at 23:44 (a write unanswered); the cheapest-hours night due at 01:32
+    // begins, and its first run starts at once. The night is the occurrence's one outcome: the
+    // charge that ended hours before is not one it joined.
+    let r = run_night(2_379_789_270_904_233_048, Sabotage::None, true);
+    assert!(
+        r.trace
+            .iter()
+            .any(|l| l.contains("ChargeNow(TargetSoc(21))")),
+        "the night is the one described"
+    );
+    assert!(r.violation.is_none(), "{:?}", r.violation);
+}
