@@ -25,28 +25,24 @@ struct Args {
     /// Seeds the whole batch.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Switch one safety rule off, to see the checks catch it: ignore-cutoff, skip-restore,
-    /// double-fire, ignore-stale.
-    #[arg(long)]
+    /// Switch one safety rule off, to see the checks catch it.
+    #[arg(long, value_parser = sabotage_names())]
     sabotage: Option<String>,
     /// Replay one night (its seed as printed) with its step-by-step trace.
     #[arg(long)]
     replay: Option<u64>,
 }
 
+/// The sabotages by name, for `--help` and for refusing any other.
+fn sabotage_names() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(Sabotage::ALL.map(Sabotage::name))
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let sabotage = match args.sabotage.as_deref() {
         None => Sabotage::None,
-        Some(name) => match Sabotage::parse(name) {
-            Some(s) => s,
-            None => {
-                eprintln!(
-                    "unknown sabotage {name:?}: ignore-cutoff, skip-restore, double-fire or ignore-stale"
-                );
-                return ExitCode::FAILURE;
-            }
-        },
+        Some(name) => Sabotage::parse(name).expect("clap admits only the names of Sabotage::ALL"),
     };
     if let Some(seed) = args.replay {
         let r = nights::run_night(seed, sabotage, true);
