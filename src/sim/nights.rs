@@ -1137,7 +1137,19 @@ impl World {
                 break;
             };
             let mut queue: VecDeque<Effect> = core.handle(input, now).into();
+            let mut effects = 0u32;
             while let Some(e) = queue.pop_front() {
+                effects += 1;
+                if effects > 10_000 {
+                    self.pending_violation.get_or_insert(Violation {
+                        invariant: "progress",
+                        detail: format!(
+                            "one input's effects call for more effects without end (last: {e:?})"
+                        ),
+                    });
+                    self.inbox.clear();
+                    break;
+                }
                 for more in self.perform(e, now).into_iter().rev() {
                     queue.push_front(more);
                 }

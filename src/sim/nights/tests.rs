@@ -60,3 +60,12 @@ fn a_charge_now_that_failed_hours_before_a_cheapest_night_is_not_that_nights_occ
     );
     assert!(r.violation.is_none(), "{:?}", r.violation);
 }
+
+#[test]
+fn a_core_whose_effects_never_end_is_a_progress_violation_not_a_runaway() {
+    // Double-firing makes one night's core answer an input with effects that call for more
+    // without end; the driver stops it and names it instead of growing until memory runs out.
+    let r = run_night(16_481_712_997_681_181_849, Sabotage::DoubleFire, false);
+    let v = r.violation.expect("caught");
+    assert_eq!(v.invariant, "progress", "{}", v.detail);
+}
