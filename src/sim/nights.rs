@@ -248,7 +248,7 @@ struct World {
     consumed: HashMap<usize, Timestamp>,
     /// The session as last seen, to judge it when its record comes.
     last_session: Option<Session>,
-    /// The core held a session still charging (or starting) after the last step.
+    /// The core held a session still charging (or starting) after the last input it took.
     active_before: bool,
     /// Prices the feed hands the core at every start (None: a night without prices).
     prices: Option<PriceBook>,
@@ -1292,7 +1292,7 @@ impl World {
             let i = instance?;
             (self.consumed.get(&i) != Some(&last)).then_some((i, last))
         });
-        // Whether a charge was under way before this step: as the core held it then, not as
+        // Whether a charge was under way before this input: as the core held it then, not as
         // the last session was last seen (a session that ended is gone from the core, while
         // its last sight may still show it charging).
         let running_before = self.active_before;
