@@ -174,7 +174,7 @@ pub struct Engine {
     /// Where events go once saved with the state.
     notifier: Notifier,
     /// Prices for cheapest hours, when a tariff is configured.
-    prices: Option<tokio::sync::watch::Receiver<Option<crate::tariff::Prices>>>,
+    prices: Option<tokio::sync::watch::Receiver<Option<crate::domain::night::PriceBook>>>,
 }
 
 /// Builds the engine from the stored state and returns it with its handle. Nothing runs until
@@ -229,7 +229,7 @@ pub fn new(
 /// The next prices from the feed, as the core takes them; pends forever without a feed (or
 /// once it has ended).
 async fn prices_changed(
-    rx: &mut Option<tokio::sync::watch::Receiver<Option<crate::tariff::Prices>>>,
+    rx: &mut Option<tokio::sync::watch::Receiver<Option<crate::domain::night::PriceBook>>>,
 ) -> Option<Option<crate::domain::night::PriceBook>> {
     let Some(r) = rx else {
         return std::future::pending().await;
@@ -238,17 +238,7 @@ async fn prices_changed(
         *rx = None;
         return std::future::pending().await;
     }
-    Some(r.borrow_and_update().as_ref().map(price_book))
-}
-
-fn price_book(p: &crate::tariff::Prices) -> crate::domain::night::PriceBook {
-    crate::domain::night::PriceBook {
-        source: p.source.clone(),
-        currency: p.currency.clone(),
-        fetched_at: p.fetched_at,
-        slots: p.slots.clone(),
-        problem: p.last_error.clone(),
-    }
+    Some(r.borrow_and_update().clone())
 }
 
 /// Awaits an optional receiver; pends forever when there is none (for `select!`).
@@ -290,7 +280,7 @@ impl Engine {
         let connected = self.dongle.is_connected();
         self.apply(Input::Boot { connected });
         if let Some(rx) = &mut self.prices {
-            let book = rx.borrow_and_update().as_ref().map(price_book);
+            let book = rx.borrow_and_update().clone();
             self.apply(Input::Prices(book));
         }
         loop {

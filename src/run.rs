@@ -144,13 +144,13 @@ impl DemoCheapest {
     }
 
     /// The day's prices as a feed publishes them.
-    pub fn prices(&self, fetched_at: Timestamp) -> crate::tariff::Prices {
-        crate::tariff::Prices {
+    pub fn prices(&self, fetched_at: Timestamp) -> crate::domain::night::PriceBook {
+        crate::domain::night::PriceBook {
             source: "sample".into(),
             currency: "GBP".into(),
             fetched_at,
             slots: std::sync::Arc::new(self.slots.clone()),
-            last_error: None,
+            problem: None,
         }
     }
 

@@ -68,14 +68,20 @@ impl Battery {
     }
 }
 
-/// Prices as the feed last had them.
+/// Prices as the feed last had them: what the feed publishes and the core plans with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PriceBook {
+    /// The source's config name, e.g. `octopus_agile`.
     pub source: String,
+    /// The currency of the prices (per kWh), e.g. `GBP`.
     pub currency: String,
+    /// When the slots were fetched; while there are none, when that was last tried (or the
+    /// cache found unreadable).
     pub fetched_at: Timestamp,
+    /// In time order, without overlaps; possibly empty.
     pub slots: Arc<Vec<PriceSlot>>,
-    /// Why they are stale or incomplete, when they are.
+    /// Why the prices are stale or incomplete (`octopus_agile: HTTP 503`, `octopus_agile: not
+    /// published yet`); None when the last fetch brought everything due.
     pub problem: Option<String>,
 }
 

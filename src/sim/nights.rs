@@ -1113,6 +1113,8 @@ impl World {
     /// Feeds the core one input and carries out its effects, as the engine does; inputs that
     /// arise meanwhile (a write's outcome) wait for the effects before them.
     fn feed(&mut self, input: Input) {
+        /// Inputs fed in one go, and effects of one input, beyond which the core runs away.
+        const RUNAWAY: u32 = 10_000;
         self.inbox.push_back(input);
         if self.feeding {
             return;
@@ -1121,14 +1123,10 @@ impl World {
         let mut inputs = 0u32;
         while let Some(input) = self.inbox.pop_front() {
             inputs += 1;
-            if inputs > 10_000 {
-                self.pending_violation.get_or_insert(Violation {
-                    invariant: "progress",
-                    detail: format!(
-                        "the core and the write protocol answer each other without end (last: {input:?})"
-                    ),
-                });
-                self.inbox.clear();
+            if inputs > RUNAWAY {
+                self.runaway(format!(
+                    "the core and the write protocol answer each other without end (last: {input:?})"
+                ));
                 break;
             }
             let now = self.now();
@@ -1140,14 +1138,10 @@ impl World {
             let mut effects = 0u32;
             while let Some(e) = queue.pop_front() {
                 effects += 1;
-                if effects > 10_000 {
-                    self.pending_violation.get_or_insert(Violation {
-                        invariant: "progress",
-                        detail: format!(
-                            "one input's effects call for more effects without end (last: {e:?})"
-                        ),
-                    });
-                    self.inbox.clear();
+                if effects > RUNAWAY {
+                    self.runaway(format!(
+                        "one input's effects call for more effects without end (last: {e:?})"
+                    ));
                     break;
                 }
                 for more in self.perform(e, now).into_iter().rev() {
@@ -1157,6 +1151,15 @@ impl World {
             self.observe();
         }
         self.feeding = false;
+    }
+
+    /// Stops feeding a core that runs away, as a `progress` violation.
+    fn runaway(&mut self, detail: String) {
+        self.pending_violation.get_or_insert(Violation {
+            invariant: "progress",
+            detail,
+        });
+        self.inbox.clear();
     }
 
     fn perform(&mut self, e: Effect, now: Now) -> Vec<Effect> {

@@ -8,7 +8,7 @@
 //! fetch wins wherever slots overlap; slots that ended over a day ago are dropped), saves the
 //! result atomically and publishes it. It fetches again when [`cache::next_fetch`] says so: at
 //! the next publication, and every quarter of an hour while tomorrow's prices are missing or the
-//! source fails. Each kind of failure is logged once, not at every retry; [`Prices::last_error`]
+//! source fails. Each kind of failure is logged once, not at every retry; [`PriceBook::problem`]
 //! says why the prices are stale. A fixed table is expanded locally, hourly, and not cached.
 //!
 //! Waits are at most a minute and the wall clock is read again after each, so a clock that jumps
@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::cache::{self, CachedPrices};
 use super::{PriceError, PriceSlot, PriceSource, TariffConfig};
 use crate::clock::Clock;
+use crate::domain::night::PriceBook;
 use crate::store::Store;
 
 /// The cache file in the data directory.
@@ -41,43 +42,26 @@ pub const MAX_WAIT: Duration = Duration::from_secs(60);
 /// How often a fixed table is expanded again, so the window keeps reaching 48 hours ahead.
 pub const FIXED_REFRESH: SignedDuration = SignedDuration::from_hours(1);
 
-/// What the engine and the API read.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Prices {
-    /// The source's config name, e.g. `octopus_agile`.
-    pub source: String,
-    /// The currency of the prices (per kWh), e.g. `GBP`.
-    pub currency: String,
-    /// When the slots were fetched; while there are none, when that was last tried (or the
-    /// cache found unreadable).
-    pub fetched_at: Timestamp,
-    /// In time order, without overlaps; possibly empty.
-    pub slots: Arc<Vec<PriceSlot>>,
-    /// Why the prices are stale or incomplete (`octopus_agile: HTTP 503`, `octopus_agile: not
-    /// published yet`); None when the last fetch brought everything due.
-    pub last_error: Option<String>,
-}
-
 /// A handle on the published prices; cloning shares them.
 #[derive(Debug, Clone)]
 pub struct PriceFeed {
-    rx: watch::Receiver<Option<Prices>>,
+    rx: watch::Receiver<Option<PriceBook>>,
 }
 
 impl PriceFeed {
     /// A feed of the given prices that never changes and runs no task (the demo, tests).
-    pub fn fixed(prices: Prices) -> PriceFeed {
+    pub fn fixed(prices: PriceBook) -> PriceFeed {
         let (_, rx) = watch::channel(Some(prices));
         PriceFeed { rx }
     }
 
     /// The prices last published; None before there is anything to tell.
-    pub fn current(&self) -> Option<Prices> {
+    pub fn current(&self) -> Option<PriceBook> {
         self.rx.borrow().clone()
     }
 
     /// A receiver that wakes at each publication (its `changed` fails once the feed has ended).
-    pub fn watch(&self) -> watch::Receiver<Option<Prices>> {
+    pub fn watch(&self) -> watch::Receiver<Option<PriceBook>> {
         self.rx.clone()
     }
 }
@@ -126,7 +110,7 @@ struct Feed {
     client: Option<reqwest::Client>,
     store: Store,
     clock: Clock,
-    tx: watch::Sender<Option<Prices>>,
+    tx: watch::Sender<Option<PriceBook>>,
     slots: Arc<Vec<PriceSlot>>,
     fetched_at: Option<Timestamp>,
     last_attempt: Option<Timestamp>,
@@ -166,13 +150,13 @@ impl Feed {
         }
     }
 
-    fn publish(&self, fetched_at: Timestamp, last_error: Option<String>) {
-        self.tx.send_replace(Some(Prices {
+    fn publish(&self, fetched_at: Timestamp, problem: Option<String>) {
+        self.tx.send_replace(Some(PriceBook {
             source: self.source.name().to_string(),
             currency: self.source.currency().to_string(),
             fetched_at,
             slots: self.slots.clone(),
-            last_error,
+            problem,
         }));
     }
 
@@ -233,7 +217,7 @@ impl Feed {
                 if self.logged.recovered() {
                     tracing::info!(source = name, "prices fetched again");
                 }
-                let last_error = if incomplete {
+                let problem = if incomplete {
                     if self.logged.first(Failure::NotPublished) {
                         tracing::info!(
                             source = name,
@@ -247,7 +231,7 @@ impl Feed {
                     None
                 };
                 self.save(now).await;
-                self.publish(now, last_error);
+                self.publish(now, problem);
             }
             Err(e) => {
                 let kind = Failure::of(&e);
@@ -296,7 +280,7 @@ impl Feed {
     }
 }
 
-/// Why prices are missing, for [`Prices::last_error`].
+/// Why prices are missing, for [`PriceBook::problem`].
 fn describe(source: &str, e: &PriceError) -> String {
     match e {
         PriceError::NotPublished => format!("{source}: not published yet"),

@@ -40,7 +40,7 @@ use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
 
 pub use crate::domain::plan::PriceSlot;
-pub use feed::{PriceFeed, Prices};
+pub use feed::PriceFeed;
 
 /// How many pages one URL may lead through before the answer is taken as a loop.
 pub const MAX_PAGES: usize = 20;

@@ -176,38 +176,32 @@ async fn without_prices_it_charges_from_the_latest_start_that_still_makes_ready_
 #[tokio::test]
 async fn a_cheapest_schedule_without_the_battery_capacity_is_refused_with_the_key_to_set() {
     let w = world("").await;
-    let (code, body) = w
-        .post(
-            "/api/charge/schedule",
-            json!({"target_soc": 60, "start_time": "01:30", "strategy": "cheapest", "ready_by": "06:00"}),
-        )
-        .await;
-    assert_eq!(code, 422, "{body}");
-    assert_eq!(body["detail"][0]["loc"], json!(["body", "strategy"]));
+    let refused = |body: Value| async {
+        let (code, body) = w.post("/api/charge/schedule", body).await;
+        assert_eq!(code, 422, "{body}");
+        body["detail"][0].clone()
+    };
+    let first = refused(
+        json!({"target_soc": 60, "start_time": "01:30", "strategy": "cheapest", "ready_by": "06:00"}),
+    )
+    .await;
+    assert_eq!(first["loc"], json!(["body", "strategy"]));
     assert!(
-        body["detail"][0]["msg"]
+        first["msg"]
             .as_str()
             .unwrap()
             .contains("battery.capacity_kwh"),
-        "{body}"
+        "{first}"
     );
-    let (code, body) = w
-        .post(
-            "/api/charge/schedule",
-            json!({"target_soc": 60, "start_time": "01:30", "strategy": "cheapest"}),
-        )
-        .await;
-    assert_eq!(code, 422, "{body}");
-    assert_eq!(body["detail"][0]["type"], "missing");
-    assert_eq!(body["detail"][0]["loc"], json!(["body", "ready_by"]));
-    let (code, body) = w
-        .post(
-            "/api/charge/schedule",
-            json!({"target_soc": 60, "start_time": "01:30", "strategy": "cheapest", "ready_by": "01:30"}),
-        )
-        .await;
-    assert_eq!(code, 422, "{body}");
-    assert_eq!(body["detail"][0]["loc"], json!(["body", "ready_by"]));
+    let missing =
+        refused(json!({"target_soc": 60, "start_time": "01:30", "strategy": "cheapest"})).await;
+    assert_eq!(missing["type"], "missing");
+    assert_eq!(missing["loc"], json!(["body", "ready_by"]));
+    let equal = refused(
+        json!({"target_soc": 60, "start_time": "01:30", "strategy": "cheapest", "ready_by": "01:30"}),
+    )
+    .await;
+    assert_eq!(equal["loc"], json!(["body", "ready_by"]));
     // A fixed schedule answers as it always did: no strategy, no ready_by.
     let (_, body) = w
         .post(

@@ -201,7 +201,7 @@ impl Setup {
 }
 
 /// The first published prices `pred` accepts (at most [`GUARD`] of real time).
-async fn published(feed: &PriceFeed, pred: impl Fn(&Prices) -> bool) -> Prices {
+async fn published(feed: &PriceFeed, pred: impl Fn(&PriceBook) -> bool) -> PriceBook {
     let mut rx = feed.watch();
     let found = tokio::time::timeout(GUARD, rx.wait_for(|p| p.as_ref().is_some_and(&pred))).await;
     match found {
@@ -258,13 +258,13 @@ async fn cached_prices_are_published_at_start_before_any_fetch_then_merged_with_
         ("octopus_agile", "GBP")
     );
     assert_eq!(first.fetched_at, cached_at);
-    assert_eq!(first.last_error, None);
+    assert_eq!(first.problem, None);
     assert_eq!(first.slots.len(), 20);
     assert_eq!(first.slots[0].start, ts("2026-01-15T00:00:00Z"));
 
     let fetched = published(&feed, |p| p.fetched_at == s.clock.clock().now()).await;
     assert_eq!(server.asked_at(), [ts("2026-01-15T10:00:00Z")]);
-    assert_eq!(fetched.last_error, None);
+    assert_eq!(fetched.problem, None);
     // From 09:00 on the fetch won; before, the cached slots stayed.
     let price_at = |at: &str| {
         fetched
@@ -316,9 +316,9 @@ async fn not_published_is_asked_again_every_quarter_hour_until_tomorrow_is_there
     let shutdown = CancellationToken::new();
     let feed = s.spawn(&octopus(&server), &shutdown);
     assert_eq!(feed.current(), None);
-    let p = published(&feed, |p| p.last_error.is_some()).await;
+    let p = published(&feed, |p| p.problem.is_some()).await;
     assert_eq!(
-        p.last_error.as_deref(),
+        p.problem.as_deref(),
         Some("octopus_agile: not published yet")
     );
     assert!(p.slots.is_empty());
@@ -330,14 +330,14 @@ async fn not_published_is_asked_again_every_quarter_hour_until_tomorrow_is_there
     let p = published(&feed, |p| !p.slots.is_empty()).await;
     assert_eq!(p.fetched_at, ts("2026-01-15T16:20:00Z"));
     assert_eq!(
-        p.last_error.as_deref(),
+        p.problem.as_deref(),
         Some("octopus_agile: tomorrow's prices are not published yet")
     );
     assert_eq!(p.slots.last().unwrap().end, ts("2026-01-15T23:00:00Z"));
 
     server.set(Answer::PublishedUntil(ts("2026-01-16T23:00:00Z")));
     s.minutes(15).await;
-    let p = published(&feed, |p| p.last_error.is_none()).await;
+    let p = published(&feed, |p| p.problem.is_none()).await;
     assert_eq!(p.fetched_at, ts("2026-01-15T16:35:00Z"));
     assert_eq!(p.slots.first().unwrap().start, ts("2026-01-15T15:00:00Z"));
     assert_eq!(p.slots.last().unwrap().end, ts("2026-01-16T23:00:00Z"));
@@ -375,8 +375,8 @@ async fn a_failing_source_keeps_the_prices_at_hand_and_says_why() {
     });
     let shutdown = CancellationToken::new();
     let feed = s.spawn(&config, &shutdown);
-    let p = published(&feed, |p| p.last_error.is_some()).await;
-    assert_eq!(p.last_error.as_deref(), Some("octopus_agile: HTTP 503"));
+    let p = published(&feed, |p| p.problem.is_some()).await;
+    assert_eq!(p.problem.as_deref(), Some("octopus_agile: HTTP 503"));
     assert_eq!(*p.slots, cached);
     assert_eq!(p.fetched_at, cached_at);
     // The cache is left as it was.
@@ -387,7 +387,7 @@ async fn a_failing_source_keeps_the_prices_at_hand_and_says_why() {
     assert_eq!(server.asked_at()[1], ts("2026-01-15T17:15:00Z"));
     server.set(Answer::PublishedUntil(ts("2026-01-16T23:00:00Z")));
     s.minutes(15).await;
-    let p = published(&feed, |p| p.last_error.is_none()).await;
+    let p = published(&feed, |p| p.problem.is_none()).await;
     assert_eq!(p.fetched_at, ts("2026-01-15T17:30:00Z"));
     shutdown.cancel();
     ended(&feed).await;
@@ -410,8 +410,8 @@ async fn a_source_that_does_not_answer_is_a_stale_reason_too() {
     };
     let shutdown = CancellationToken::new();
     let feed = s.spawn(&config, &shutdown);
-    let p = published(&feed, |p| p.last_error.is_some()).await;
-    let why = p.last_error.unwrap();
+    let p = published(&feed, |p| p.problem.is_some()).await;
+    let why = p.problem.unwrap();
     assert!(why.starts_with("octopus_agile: no answer: "), "{why}");
     // The cause is told, not only that sending failed.
     assert!(why.to_lowercase().contains("connect"), "{why}");
@@ -446,7 +446,7 @@ async fn a_fixed_table_needs_no_network_and_keeps_reaching_two_days_ahead() {
     let feed = s.spawn(&config, &shutdown);
     let p = published(&feed, |_| true).await;
     assert_eq!((p.source.as_str(), p.currency.as_str()), ("fixed", "GBP"));
-    assert_eq!(p.last_error, None);
+    assert_eq!(p.problem, None);
     let now = ts("2026-01-15T10:10:00Z");
     assert!(cache::covers(&p.slots, now - LOOK_BACK, now + LOOK_AHEAD));
     assert_eq!(p.slots[0].price, 0.27);
@@ -484,11 +484,8 @@ async fn the_cache_survives_a_restart_and_a_corrupt_one_is_set_aside_and_reporte
     let again = feed.current().expect("the saved prices");
     assert_eq!(again.fetched_at, ts("2026-01-15T16:30:00Z"));
     assert_eq!(again.slots, first.slots);
-    let failed = published(&feed, |p| p.last_error.is_some()).await;
-    assert_eq!(
-        failed.last_error.as_deref(),
-        Some("octopus_agile: HTTP 502")
-    );
+    let failed = published(&feed, |p| p.problem.is_some()).await;
+    assert_eq!(failed.problem.as_deref(), Some("octopus_agile: HTTP 502"));
     assert_eq!(failed.slots, first.slots);
     shutdown.cancel();
     ended(&feed).await;
@@ -498,7 +495,7 @@ async fn the_cache_survives_a_restart_and_a_corrupt_one_is_set_aside_and_reporte
     let shutdown = CancellationToken::new();
     let feed = s.spawn(&config, &shutdown);
     let broken = feed.current().expect("the problem is published");
-    let why = broken.last_error.unwrap();
+    let why = broken.problem.unwrap();
     assert!(
         why.contains(CACHE_FILE) && why.contains("corrupt-"),
         "{why}"
@@ -535,7 +532,7 @@ async fn prices_of_another_source_in_the_cache_are_not_used() {
 
 #[tokio::test]
 async fn a_fixed_feed_publishes_what_it_is_given() {
-    let prices = Prices {
+    let prices = PriceBook {
         source: "octopus_agile".into(),
         currency: "GBP".into(),
         fetched_at: ts("2026-01-15T16:05:00Z"),
@@ -543,7 +540,7 @@ async fn a_fixed_feed_publishes_what_it_is_given() {
             ts("2026-01-15T00:00:00Z"),
             Duration::from_secs(1800),
         )),
-        last_error: None,
+        problem: None,
     };
     let feed = PriceFeed::fixed(prices.clone());
     assert_eq!(feed.current(), Some(prices.clone()));
